@@ -1,0 +1,65 @@
+"""Patch embedding: cut an image into non-overlapping patches and project each to D channels.
+
+Two interchangeable implementations share one kernel of shape [ph, pw, C, D] (HWIO, the official
+checkpoint's `embedding/kernel`), so a checkpoint of one runs in the other with the same output:
+
+- `conv`:   a strided convolution, kernel = stride = patch (what the official ViT does);
+- `linear`: reshape into [B, h, w, ph, pw, C] and contract with the kernel (a Dense on the
+  flattened P*P*C patch vector, written without einops).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+PATCH_EMBEDS = ("conv", "linear")
+
+
+def patchify(images: jax.Array, patch_size: tuple[int, int]) -> jax.Array:
+    """[B, H, W, C] -> [B, h, w, ph, pw, C] with h = H / ph, w = W / pw (row-major grid)."""
+    b, height, width, c = images.shape
+    ph, pw = patch_size
+    x = images.reshape(b, height // ph, ph, width // pw, pw, c)
+    return x.transpose(0, 1, 3, 2, 4, 5)
+
+
+class PatchEmbed(nn.Module):
+    """Images [B, H, W, C] -> patch tokens on their grid [B, h, w, D].
+
+    Parameters `kernel` [ph, pw, C, D] and `bias` [D]; instantiate it with name="embedding" to
+    match the official checkpoint layout.
+    """
+
+    hidden_size: int
+    patch_size: tuple[int, int]
+    kind: str = "conv"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        ph, pw = self.patch_size
+        channels = images.shape[-1]
+        kernel = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(),
+            (ph, pw, channels, self.hidden_size),
+            self.param_dtype,
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.hidden_size,), self.param_dtype)
+        images, kernel, bias = nn.dtypes.promote_dtype(images, kernel, bias, dtype=self.dtype)
+        if self.kind == "conv":
+            x = jax.lax.conv_general_dilated(
+                images,
+                kernel,
+                window_strides=(ph, pw),
+                padding="VALID",
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+        elif self.kind == "linear":
+            x = jnp.einsum("bhwpqc,pqcd->bhwd", patchify(images, self.patch_size), kernel)
+        else:
+            raise ValueError(f"patch_embed={self.kind!r} is unknown; use one of {PATCH_EMBEDS}.")
+        return x + bias

@@ -1,0 +1,42 @@
+"""Relative position bias (Swin v1 / BEiT): a learned bias per head for each 2D offset.
+
+For patch tokens i, j at grid positions (h, w) of an H x W grid, the logit q_i·k_j/√d gets
+`table[idx(i, j), head]` added, with
+
+    idx = (h_i - h_j + H - 1) * (2W - 1) + (w_i - w_j + W - 1)
+
+so the table has (2H-1)(2W-1) rows. With a class token, three more rows follow (BEiT):
+class->patch, patch->class and class->class. Each layer owns its table
+(`relative_position_bias_table`, [(2H-1)(2W-1) (+3), heads]), initialised with a truncated normal
+of std 0.02 as in Swin.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def num_relative_positions(grid: tuple[int, int], num_prefix: int) -> int:
+    """Rows of the bias table for a grid, plus 3 class-token rows when num_prefix == 1."""
+    h, w = grid
+    return (2 * h - 1) * (2 * w - 1) + (3 if num_prefix else 0)
+
+
+def relative_position_index(grid: tuple[int, int], num_prefix: int) -> np.ndarray:
+    """Table row for every (query, key) pair: int32 [num_prefix + h*w, num_prefix + h*w]."""
+    h, w = grid
+    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    dy = ys[:, None] - ys[None, :] + h - 1
+    dx = xs[:, None] - xs[None, :] + w - 1
+    patch_index = dy * (2 * w - 1) + dx
+    if not num_prefix:
+        return patch_index.astype(np.int32)
+    num_patch_rel = (2 * h - 1) * (2 * w - 1)
+    n = h * w + 1
+    index = np.empty((n, n), np.int64)
+    index[1:, 1:] = patch_index
+    index[0, 1:] = num_patch_rel  # class token attending to patches
+    index[1:, 0] = num_patch_rel + 1  # patches attending to the class token
+    index[0, 0] = num_patch_rel + 2
+    return index.astype(np.int32)

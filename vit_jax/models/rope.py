@@ -1,0 +1,78 @@
+"""2D rotary position embeddings (RoPE) for images, applied to queries and keys.
+
+q and k of head dimension d are viewed as d/2 rotation pairs of adjacent channels (2j, 2j+1);
+pair j of the token at column x and row y is rotated by an angle a_j(x, y). Then
+<R(p_i) q, R(p_j) k> depends on positions only through p_i - p_j: the attention logit between two
+patches is a function of their 2D offset. Prefix (class) tokens are not rotated; v never is.
+
+- `rope_axial` (rope-vit "RoPE-Axial", EVA-02): f_k = θ^(-4k/d) for k < d/4; the first d/4 pairs
+  rotate by x·f_k and the last d/4 by y·f_k. Nothing is learned.
+- `rope_mixed` (rope-vit "RoPE-Mixed"): a_j = x·fx_j + y·fy_j with learnable frequencies per layer
+  and head (`rope_frequencies`, [2, heads, d/2]), initialised with magnitudes θ^(-4k/d) along a
+  random direction per head (and its perpendicular), as in Heo et al. 2024.
+
+At a new resolution positions simply extend: nothing in a checkpoint needs resizing.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROPE_POSEMBS = ("rope_axial", "rope_mixed")
+
+
+def grid_positions(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Column x and row y of every patch, row-major: two float32 [h * w] arrays."""
+    h, w = grid
+    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    return xs.reshape(-1).astype(np.float32), ys.reshape(-1).astype(np.float32)
+
+
+def axial_angles(grid: tuple[int, int], head_dim: int, theta: float) -> np.ndarray:
+    """Rotation angles [h * w, head_dim / 2] of RoPE-Axial."""
+    x, y = grid_positions(grid)
+    freqs = theta ** (-4.0 * np.arange(head_dim // 4) / head_dim)
+    return np.concatenate([x[:, None] * freqs, y[:, None] * freqs], axis=1).astype(np.float32)
+
+
+def mixed_frequencies_init(theta: float):
+    """Initializer for RoPE-Mixed frequencies [2, heads, head_dim / 2] (fx, fy)."""
+
+    def init(key: jax.Array, shape: tuple[int, int, int], dtype=jnp.float32) -> jax.Array:
+        _, heads, half = shape
+        magnitudes = theta ** (-4.0 * jnp.arange(half // 2) / (2 * half))
+        phase = jax.random.uniform(key, (heads, 1)) * 2 * jnp.pi
+        fx = jnp.concatenate(
+            [magnitudes * jnp.cos(phase), magnitudes * jnp.cos(phase + jnp.pi / 2)], -1
+        )
+        fy = jnp.concatenate(
+            [magnitudes * jnp.sin(phase), magnitudes * jnp.sin(phase + jnp.pi / 2)], -1
+        )
+        return jnp.stack([fx, fy]).astype(dtype)
+
+    return init
+
+
+def mixed_angles(grid: tuple[int, int], frequencies: jax.Array) -> jax.Array:
+    """RoPE-Mixed angles [h * w, heads, d / 2] from frequencies [2, heads, d / 2]."""
+    x, y = grid_positions(grid)
+    fx, fy = frequencies[0].astype(jnp.float32), frequencies[1].astype(jnp.float32)
+    return x[:, None, None] * fx[None] + y[:, None, None] * fy[None]
+
+
+def rotate(x: jax.Array, angles: jax.Array, num_prefix: int) -> jax.Array:
+    """Rotates adjacent channel pairs of the patch tokens of x [B, N, heads, d].
+
+    angles: [N - num_prefix, d/2] (shared by heads) or [N - num_prefix, heads, d/2].
+    """
+    if angles.ndim == 2:
+        angles = angles[:, None, :]
+    prefix, tokens = x[:, :num_prefix], x[:, num_prefix:]
+    pairs = tokens.astype(jnp.float32).reshape(*tokens.shape[:-1], -1, 2)
+    cos, sin = jnp.cos(angles)[None], jnp.sin(angles)[None]
+    even, odd = pairs[..., 0], pairs[..., 1]
+    rotated = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
+    rotated = rotated.reshape(tokens.shape).astype(x.dtype)
+    return jnp.concatenate([prefix, rotated], axis=1)
