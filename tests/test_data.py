@@ -1,0 +1,321 @@
+"""Data pipeline: the embedded digits, image folders, grain loaders, sharding, checkpointing."""
+
+import collections
+
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from ml_collections import ConfigDict
+from PIL import Image
+
+from vit_jax import data
+from vit_jax.data import digits, transforms
+
+NUM_FOLDER_IMAGES = 30
+FOLDER_CLASSES = ("ant", "bee", "cat")
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    digits.prepare_digits(data_dir)
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """root/<class>/img_<i>.*: image i is a flat 6x4 image of gray value 8 * i (its identity)."""
+    root = tmp_path_factory.mktemp("folder")
+    for name in FOLDER_CLASSES:
+        (root / name).mkdir()
+    (root / "ant" / "notes.txt").write_text("not an image")
+    for i in range(NUM_FOLDER_IMAGES):
+        pixels = np.full((6, 4), 8 * i, np.uint8)
+        path = root / FOLDER_CLASSES[i % 3] / f"img_{i:02d}"
+        if i % 2:
+            Image.fromarray(pixels).save(f"{path}.png")  # Grayscale PNG.
+        else:
+            Image.fromarray(np.stack([pixels] * 3, -1)).save(f"{path}.PNG")  # RGB, upper case.
+    return root
+
+
+def image_ids(images: np.ndarray) -> list[int]:
+    """Recovers the folder fixture's identities from model-range images [b, H, W, C]."""
+    values = (images[:, 0, 0, 0] + 1) * 127.5
+    return [int(i) for i in np.round(values / 8)]
+
+
+def digits_cfg(data_dir, **kw):
+    return ConfigDict({"data_dir": data_dir, **kw})
+
+
+def folder_cfg(root, **kw):
+    return ConfigDict({"source": "folder", "train_dir": str(root), "eval_fraction": 0.2, **kw})
+
+
+def take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def assert_batches_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded digits.
+
+
+def test_digits_splits_sizes_and_stratification(digits_dir):
+    train, _ = data.open_source(digits_cfg(digits_dir), "train")
+    test, channels = data.open_source(digits_cfg(digits_dir), "eval")
+    assert (len(train), len(test), channels) == (1500, 297, 1)
+    assert data.dataset_info(digits_cfg(digits_dir)) == data.DatasetInfo(10, 1500, 297, 1)
+    from sklearn.datasets import load_digits
+
+    share = np.bincount(load_digits().target, minlength=10) / 1797
+    test_counts = np.bincount([test[i]["label"] for i in range(len(test))], minlength=10)
+    np.testing.assert_allclose(test_counts, share * 297, atol=1)
+    example = test[0]
+    assert example["image"].shape == (8, 8, 1) and example["image"].dtype == np.uint8
+
+
+def test_digits_builds_identically_and_idempotently(digits_dir, tmp_path):
+    digits.prepare_digits(str(tmp_path))
+    digits.prepare_digits(str(tmp_path))  # Already built: a no-op.
+    for split in ("train", "eval"):
+        a, _ = data.open_source(digits_cfg(digits_dir), split)
+        b, _ = data.open_source(digits_cfg(str(tmp_path)), split)
+        for i in range(len(a)):
+            assert a[i]["label"] == b[i]["label"]
+            np.testing.assert_array_equal(a[i]["image"], b[i]["image"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Training batches and checkpointable iterators.
+
+
+def test_train_batches_shapes_range_and_seeds(digits_dir):
+    cfg = digits_cfg(digits_dir, augment="inception", crop_area_min=0.5, cache=True)
+    loader = lambda seed: iter(
+        data.train_loader(cfg, image_size=(16, 12), global_batch_size=32, seed=seed)
+    )
+    first = take(loader(0), 3)
+    batch = first[0]
+    assert batch["image"].shape == (32, 16, 12, 1) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (32,) and batch["label"].dtype == np.int32
+    assert -1 <= batch["image"].min() < batch["image"].max() <= 1
+    assert_batches_equal(first, take(loader(0), 3))
+    other = take(loader(1), 3)
+    assert not np.array_equal(first[0]["label"], other[0]["label"])
+    assert not np.array_equal(first[0]["image"], other[0]["image"])
+
+
+def test_train_epochs_are_reshuffled_and_complete(folder):
+    cfg = folder_cfg(folder, eval_fraction=0.0)
+    it = iter(data.train_loader(cfg, image_size=(6, 4), global_batch_size=10, seed=0))
+    epochs = [sum((image_ids(b["image"]) for b in take(it, 3)), []) for _ in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(NUM_FOLDER_IMAGES))
+    assert epochs[0] != epochs[1]
+
+
+def test_iterator_state_resumes_at_exactly_the_next_batch(digits_dir):
+    cfg = digits_cfg(digits_dir, augment="inception", crop_area_min=0.3, flip=True, cache=True)
+    loader = data.train_loader(cfg, image_size=(16, 16), global_batch_size=64, seed=3)
+    it = iter(loader)
+    take(it, 25)  # Crosses the first epoch (1,500 / 64 = 23.4 batches).
+    state = it.get_state()
+    expected = take(it, 3)
+    resumed = iter(loader)
+    resumed.set_state(state)
+    assert_batches_equal(expected, take(resumed, 3))
+
+
+def test_iterator_state_in_an_orbax_checkpoint(digits_dir, tmp_path):
+    loader = data.train_loader(
+        digits_cfg(digits_dir, cache=True), image_size=(8, 8), global_batch_size=16, seed=0
+    )
+    it = iter(loader)
+    take(it, 4)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+        manager.save(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+        manager.wait_until_finished()
+        expected = take(it, 2)
+        fresh = iter(loader)
+        restored = manager.restore(
+            4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh))
+        )
+    assert_batches_equal(expected, take(restored["data"], 2))
+
+
+def test_batch_size_must_divide_among_processes(digits_dir):
+    two = grain.sharding.ShardOptions(shard_index=0, shard_count=2)
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        data.train_loader(
+            digits_cfg(digits_dir), image_size=(8, 8), global_batch_size=33, seed=0, shard=two
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and sharding.
+
+
+def test_eval_covers_every_example_once_with_padding(digits_dir):
+    cfg = digits_cfg(digits_dir)
+    batches = list(data.eval_batches(cfg, image_size=(8, 8), global_batch_size=64))
+    assert len(batches) == 5  # ceil(297 / 64)
+    mask = np.concatenate([b["mask"] for b in batches])
+    labels = np.concatenate([b["label"] for b in batches])
+    assert mask.dtype == np.float32 and mask.sum() == 297
+    assert batches[-1]["image"].shape == (64, 8, 8, 1)
+    source, _ = data.open_source(cfg, "eval")
+    expected = collections.Counter(source[i]["label"] for i in range(len(source)))
+    assert collections.Counter(labels[mask == 1].tolist()) == expected
+
+
+def test_two_processes_get_disjoint_shards_covering_the_split(folder):
+    cfg = folder_cfg(folder, eval_fraction=0.0)
+    shards = [grain.sharding.ShardOptions(shard_index=i, shard_count=2) for i in range(2)]
+
+    def eval_ids(shard):
+        batches = list(
+            data.eval_batches(
+                cfg, image_size=(6, 4), global_batch_size=8, split="train", shard=shard
+            )
+        )
+        assert len(batches) == 4  # ceil(15 / 4), the same on every process.
+        images = np.concatenate([b["image"] for b in batches])
+        mask = np.concatenate([b["mask"] for b in batches])
+        return image_ids(images[mask == 1])
+
+    def first_epoch_ids(shard):
+        # One shard epoch: 15 examples = 3 per-process batches of 5.
+        loader = data.train_loader(
+            cfg, image_size=(6, 4), global_batch_size=10, seed=0, shard=shard
+        )
+        return image_ids(np.concatenate([b["image"] for b in take(iter(loader), 3)]))
+
+    for ids in ([eval_ids(s) for s in shards], [first_epoch_ids(s) for s in shards]):
+        assert not set(ids[0]) & set(ids[1])
+        assert sorted(ids[0] + ids[1]) == list(range(NUM_FOLDER_IMAGES))
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folders.
+
+
+def test_folder_source_classes_labels_and_shapes(folder):
+    info = data.dataset_info(folder_cfg(folder))
+    assert info == data.DatasetInfo(num_classes=3, num_train=24, num_eval=6, channels=3)
+    index = data.scan_folder(str(folder))
+    assert index.classes == FOLDER_CLASSES and len(index.paths) == NUM_FOLDER_IMAGES
+    source = data.ImageFolderSource(index)
+    for i in range(len(source)):
+        example = source[i]
+        assert example["image"].shape == (6, 4, 3) and example["image"].dtype == np.uint8
+        identity = example["image"][0, 0, 0] // 8
+        assert example["label"] == FOLDER_CLASSES.index(index.paths[i].split("/")[-2])
+        assert example["label"] == identity % 3
+    # The held-out split is stratified (2 of 10 per class) and disjoint from training.
+    train, _ = data.open_source(folder_cfg(folder), "train")
+    held, _ = data.open_source(folder_cfg(folder), "eval")
+    held_labels = [held[i]["label"] for i in range(len(held))]
+    assert sorted(held_labels) == [0, 0, 1, 1, 2, 2]
+    assert not set(train.index.paths) & set(held.index.paths)
+
+
+def test_folder_eval_dir(folder, tmp_path):
+    (tmp_path / "cat").mkdir()
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "cat" / "a.jpeg")
+    info = data.dataset_info(folder_cfg(folder, eval_dir=str(tmp_path)))
+    assert (info.num_train, info.num_eval) == (NUM_FOLDER_IMAGES, 1)
+    held, _ = data.open_source(folder_cfg(folder, eval_dir=str(tmp_path)), "eval")
+    assert held[0]["label"] == 2
+    (tmp_path / "dog").mkdir()
+    with pytest.raises(ValueError, match="not among the training classes"):
+        data.dataset_info(folder_cfg(folder, eval_dir=str(tmp_path)))
+
+
+@pytest.fixture
+def folder_with_bad_image(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            Image.fromarray(np.full((4, 4, 3), 40 * i, np.uint8)).save(tmp_path / name / f"{i}.jpg")
+    (tmp_path / "b" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return tmp_path
+
+
+def test_unreadable_image_skip_drops_and_counts(folder_with_bad_image, caplog):
+    cfg = folder_cfg(folder_with_bad_image, eval_fraction=0.0, bad_image="skip")
+    source, _ = data.open_source(cfg, "train")
+    with caplog.at_level("WARNING"):
+        examples = [source[i] for i in range(len(source))]
+    assert sum(e is None for e in examples) == 1 and source.num_skipped == 1
+    assert "broken.jpg" in caplog.text
+    batches = list(data.eval_batches(cfg, split="train", image_size=(4, 4), global_batch_size=4))
+    assert sum(b["mask"].sum() for b in batches) == 8
+    it = iter(data.train_loader(cfg, image_size=(4, 4), global_batch_size=4, seed=0))
+    assert all(b["image"].shape == (4, 4, 4, 3) for b in take(it, 6))  # Full batches.
+
+
+def test_unreadable_image_stop_names_the_file(folder_with_bad_image):
+    cfg = folder_cfg(folder_with_bad_image, eval_fraction=0.0, bad_image="stop")
+    it = iter(data.train_loader(cfg, image_size=(4, 4), global_batch_size=3, seed=0))
+    with pytest.raises(data.UnreadableImageError, match="broken.jpg"):
+        take(it, 3)  # One epoch of 9 examples.
+
+
+def test_folder_errors(tmp_path):
+    missing = tmp_path / "missing"
+    with pytest.raises(ValueError, match="does not exist"):
+        data.dataset_info(folder_cfg(missing))
+    with pytest.raises(ValueError, match="no class subfolders"):
+        data.dataset_info(folder_cfg(tmp_path))
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "readme.txt").write_text("")
+    with pytest.raises(ValueError, match=f"{tmp_path}.*contains no images"):
+        data.dataset_info(folder_cfg(tmp_path))
+    with pytest.raises(ValueError, match="train_dir"):
+        data.dataset_info(ConfigDict({"source": "folder"}))
+
+
+# ---------------------------------------------------------------------------------------------
+# tfds errors and transforms.
+
+
+def test_unprepared_and_unknown_tfds_datasets(tmp_path):
+    with pytest.raises(data.DatasetNotPreparedError) as error:
+        data.dataset_info(ConfigDict({"name": "mnist", "data_dir": str(tmp_path)}))
+    assert f"tfds build mnist --data_dir={tmp_path} --file_format=array_record" in str(error.value)
+    with pytest.raises(ValueError, match="Unknown tfds dataset"):
+        data.dataset_info(ConfigDict({"name": "no_such_dataset", "data_dir": str(tmp_path)}))
+
+
+def test_bad_config_values(digits_dir):
+    with pytest.raises(ValueError, match="augment"):
+        data.data_options(digits_cfg(digits_dir, augment="mixup"))
+    with pytest.raises(ValueError, match="no split"):
+        data.dataset_info(digits_cfg(digits_dir, eval_split="validation"))
+
+
+def test_inception_crop_box_stays_inside_and_respects_area():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        top, left, h, w = transforms.inception_crop_box(30, 50, rng, area_range=(0.3, 1.0))
+        assert 0 <= top and top + h <= 30 and 0 <= left and left + w <= 50
+        assert h * w >= 0.3 * 30 * 50 * 0.8  # Rounding of small sides.
+
+
+def test_resize_and_range():
+    image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    out = transforms.crop_and_resize(image, (0, 0, 4, 6), (8, 12))
+    assert out.shape == (8, 12, 3) and out.dtype == np.uint8
+    gray = transforms.crop_and_resize(image[..., :1], (1, 1, 2, 2), (5, 3))
+    assert gray.shape == (5, 3, 1)
+    scaled = transforms.to_model_range(np.array([0, 255], np.uint8))
+    np.testing.assert_allclose(scaled, [-1, 1])

@@ -1,0 +1,441 @@
+"""Input pipelines: a tfds dataset or an image folder -> grain -> per-process numpy batches.
+
+    info = dataset_info(config.data)
+    train_ds = train_loader(config.data, image_size=(32, 32), global_batch_size=128, seed=0)
+    train_iter = iter(train_ds)        # checkpointable: grain.checkpoint.CheckpointSave(train_iter)
+    batch = next(train_iter)           # {'image': f32 [b, H, W, C] in [-1, 1], 'label': i32 [b]}
+    for batch in eval_batches(config.data, image_size=(32, 32), global_batch_size=256):
+        ...                            # plus 'mask': f32 [b], 0 for padding
+
+b = global_batch_size // jax.process_count(); each process reads its own shard.
+
+Fields of the data config (an `ml_collections.ConfigDict`; each missing field takes its default,
+and the defaults suit the embedded digits):
+
+    source              'tfds' | 'folder'                                          ('tfds')
+    name                tfds name: 'sklearn_digits' (embedded, built on first use),
+                        'cifar10', 'imagenet2012', ...                   ('sklearn_digits')
+    data_dir            tfds data directory; None = tfds default (~/tensorflow_datasets)  (None)
+    train_split         tfds split for training, e.g. 'train' or 'train[:90%]'         ('train')
+    eval_split          tfds split for evaluation                                        ('test')
+    train_dir           folder source: root/<class_name>/*.jpg|jpeg|png                   (None)
+    eval_dir            folder source: evaluation folder; None = hold out eval_fraction   (None)
+    eval_fraction       folder source without eval_dir: stratified held-out fraction      (0.1)
+    split_seed          folder source: seed of that held-out split (not the run's seed)     (0)
+    augment             'inception' (random resized crop) | 'resize' (plain resize)   ('resize')
+    crop_area_min       inception crop: smallest crop area fraction (aspect 3/4..4/3)    (0.08)
+    flip                random horizontal flip in training (never for digits)           (False)
+    eval_crop_fraction  evaluation: central fraction of each side kept before resizing   (1.0)
+    bad_image           unreadable image: 'skip' (drop, count, warn) | 'stop' (raise) ('stop')
+    cache               decode the whole split into memory once; for small datasets such as
+                        the digits (a read then costs ~1 us instead of ~90 us)            (False)
+    num_workers         worker processes; 0 = read in this process                          (0)
+    read_threads        threads reading and transforming records (in each worker)           (2)
+    prefetch            batches buffered ahead (per worker when num_workers > 0)            (2)
+
+Determinism: batches depend only on the data, the config, `seed`, the process's shard and
+`num_workers` (with workers, each worker reads a strided slice of the stream).
+"""
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import flags
+
+from vit_jax.data import digits
+from vit_jax.data.folder import (
+    FolderIndex,
+    ImageFolderSource,
+    SkipUnreadable,
+    scan_folder,
+    split_held_out,
+)
+from vit_jax.data.transforms import (
+    center_crop_box,
+    crop_and_resize,
+    decode_image,
+    flip_left_right,
+    inception_crop_box,
+    to_model_range,
+)
+
+SPLITS = ("train", "eval")
+
+
+class DatasetNotPreparedError(ValueError):
+    """A tfds dataset that is not (yet) in the data directory as array_record files."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and a training loop need to know about a dataset."""
+
+    num_classes: int
+    num_train: int
+    num_eval: int
+    channels: int  # Image channels at the model input: 1 (grayscale) or 3 (RGB).
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """The data config's fields with their defaults (see the module docstring)."""
+
+    source: str = "tfds"
+    name: str = digits.NAME
+    data_dir: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    train_dir: str | None = None
+    eval_dir: str | None = None
+    eval_fraction: float = 0.1
+    split_seed: int = 0
+    augment: str = "resize"
+    crop_area_min: float = 0.08
+    flip: bool = False
+    eval_crop_fraction: float = 1.0
+    bad_image: str = "stop"
+    cache: bool = False
+    num_workers: int = 0
+    read_threads: int = 2
+    prefetch: int = 2
+
+
+_CHOICES = {
+    "source": ("tfds", "folder"),
+    "augment": ("inception", "resize"),
+    "bad_image": ("skip", "stop"),
+}
+
+
+def data_options(data_cfg: Any) -> DataOptions:
+    """Reads a data config (ConfigDict or dict) into `DataOptions`, checking every value."""
+    fields = {f.name: data_cfg.get(f.name, f.default) for f in dataclasses.fields(DataOptions)}
+    opts = DataOptions(**fields)
+    for field, choices in _CHOICES.items():
+        if getattr(opts, field) not in choices:
+            raise ValueError(f"data.{field}={getattr(opts, field)!r}; choose one of {choices}.")
+    checks = {
+        "crop_area_min": 0 < opts.crop_area_min <= 1,
+        "eval_crop_fraction": 0 < opts.eval_crop_fraction <= 1,
+        "eval_fraction": 0 <= opts.eval_fraction < 1,
+        "num_workers": opts.num_workers >= 0,
+        "read_threads": opts.read_threads >= 1,
+        "prefetch": opts.prefetch >= 1,
+    }
+    for field, ok in checks.items():
+        if not ok:
+            raise ValueError(f"data.{field}={getattr(opts, field)!r} is out of range.")
+    if opts.source == "folder" and not opts.train_dir:
+        raise ValueError("data.source='folder' needs data.train_dir (root/<class_name>/*.jpg).")
+    return opts
+
+
+# --------------------------------------------------------------------------------------------
+# Sources: random access, `source[i]` = {'image': uint8 [h, w, c], 'label': int}.
+
+
+class TfdsSource:
+    """Random access to a tfds split stored as array_record, with images decoded by Pillow.
+
+    The split is opened with image decoding skipped so that Pillow decodes here, where an
+    unreadable record raises `UnreadableImageError`; already decoded arrays are accepted too.
+    """
+
+    def __init__(self, name: str, split: str, data_dir: str | None, channels: int):
+        self.where = f"{name}/{split}"
+        self.channels = channels
+        self._records = tfds.data_source(
+            name,
+            split=split,
+            data_dir=data_dir,
+            download=False,
+            decoders={"image": tfds.decode.SkipDecoding()},
+        )
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, i: int) -> dict:
+        record = self._records[i]
+        image = record["image"]
+        if isinstance(image, bytes):
+            image = decode_image(image, rgb=self.channels != 1, where=f"{self.where} record {i}")
+        image = np.asarray(image, np.uint8)
+        return {"image": image[..., None] if image.ndim == 2 else image, "label": record["label"]}
+
+
+def _not_prepared(opts: DataOptions) -> DatasetNotPreparedError:
+    data_dir = opts.data_dir or tfds.core.constants.DATA_DIR
+    return DatasetNotPreparedError(
+        f"tfds dataset {opts.name!r} is not prepared as array_record files in {data_dir}. "
+        "Prepare it once (needs TensorFlow and the network, or the manually downloaded "
+        "archives in <data_dir>/downloads/manual):\n"
+        f"  tfds build {opts.name} --data_dir={data_dir} --file_format=array_record"
+    )
+
+
+def _tfds_builder(opts: DataOptions) -> tfds.core.DatasetBuilder:
+    """The builder of `opts.name`, prepared as array_record (digits: built here if missing)."""
+    if opts.name == digits.NAME:
+        digits.prepare_digits(opts.data_dir)
+    try:
+        builder = tfds.builder(opts.name, data_dir=opts.data_dir)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise ValueError(
+            f"Unknown tfds dataset {opts.name!r} (data.name). Use a tfds catalog name such as "
+            f"'{digits.NAME}', 'cifar10' or 'imagenet2012', or data.source='folder'."
+        ) from error
+    if not builder.is_prepared():
+        raise _not_prepared(opts)
+    return builder
+
+
+def _check_tfds_split(builder: tfds.core.DatasetBuilder, split: str) -> None:
+    # Split expressions like 'train[:90%]+validation' name their base splits before any '['.
+    names = {part.split("[")[0].strip() for part in split.split("+")}
+    unknown = sorted(names - set(builder.info.splits.keys()))
+    if unknown:
+        raise ValueError(
+            f"tfds dataset {builder.name!r} has no split {unknown}; it has "
+            f"{sorted(builder.info.splits.keys())}."
+        )
+
+
+def _tfds_channels(builder: tfds.core.DatasetBuilder) -> int:
+    features = builder.info.features
+    if not {"image", "label"} <= set(features.keys()):
+        raise ValueError(
+            f"tfds dataset {builder.name!r} has features {sorted(features.keys())}; the loaders "
+            "need an 'image' and a 'label' feature."
+        )
+    return features["image"].shape[-1] or 3
+
+
+def _folder_indices(opts: DataOptions) -> dict[str, FolderIndex]:
+    """The folder source's {'train', 'eval'} indices (eval may be empty with eval_fraction 0)."""
+    train = scan_folder(opts.train_dir)
+    if opts.eval_dir:
+        return {"train": train, "eval": scan_folder(opts.eval_dir, classes=train.classes)}
+    train, held_out = split_held_out(train, opts.eval_fraction, opts.split_seed)
+    return {"train": train, "eval": held_out}
+
+
+def open_source(data_cfg: Any, split: str) -> tuple[Sequence[dict], int]:
+    """The random-access source of `split` ('train' or 'eval') and its image channels.
+
+    `source[i]` = {'image': uint8 [h, w, channels], 'label': int}. Unreadable images raise
+    `UnreadableImageError` (config bad_image='stop') or give None (bad_image='skip').
+    """
+    opts = data_options(data_cfg)
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}; choose one of {SPLITS}.")
+    if opts.source == "folder":
+        source, channels = ImageFolderSource(_folder_indices(opts)[split]), 3
+    else:
+        builder = _tfds_builder(opts)
+        tfds_split = opts.train_split if split == "train" else opts.eval_split
+        _check_tfds_split(builder, tfds_split)
+        channels = _tfds_channels(builder)
+        try:
+            source = TfdsSource(opts.name, tfds_split, opts.data_dir, channels)
+        except NotImplementedError as error:  # Prepared, but only in another file format.
+            raise _not_prepared(opts) from error
+    if opts.bad_image == "skip":
+        source = SkipUnreadable(source)
+    if opts.cache:
+        # Decoded once, held as a list (copied into each worker): for small datasets only.
+        source = [source[i] for i in range(len(source))]
+    return source, channels
+
+
+def dataset_info(data_cfg: Any) -> DatasetInfo:
+    """Number of classes, examples per split and image channels of the configured dataset."""
+    opts = data_options(data_cfg)
+    if opts.source == "folder":
+        indices = _folder_indices(opts)
+        return DatasetInfo(
+            num_classes=len(indices["train"].classes),
+            num_train=len(indices["train"].paths),
+            num_eval=len(indices["eval"].paths),
+            channels=3,
+        )
+    builder = _tfds_builder(opts)
+    return DatasetInfo(
+        num_classes=builder.info.features["label"].num_classes,
+        num_train=len(open_source(data_cfg, "train")[0]),
+        num_eval=len(open_source(data_cfg, "eval")[0]),
+        channels=_tfds_channels(builder),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Per-example preprocessing (runs in the workers).
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainPreprocess(grain.transforms.RandomMap):
+    """Augments one example: {'image': uint8 [h, w, c], 'label'} -> float32 [H, W, c], int32.
+
+    'inception': random resized crop (area crop_area_min..1, aspect 3/4..4/3) to `size`;
+    'resize': the whole image resized to `size`. Then an optional random horizontal flip.
+    """
+
+    size: tuple[int, int]
+    augment: str
+    crop_area_min: float
+    flip: bool
+
+    def random_map(self, example: dict, rng: np.random.Generator) -> dict:
+        image = example["image"]
+        height, width = image.shape[:2]
+        if self.augment == "inception":
+            box = inception_crop_box(height, width, rng, area_range=(self.crop_area_min, 1.0))
+        else:
+            box = (0, 0, height, width)
+        image = crop_and_resize(image, box, self.size)
+        if self.flip and rng.random() < 0.5:
+            image = flip_left_right(image)
+        return {"image": to_model_range(image), "label": np.int32(example["label"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalExample(grain.transforms.Map):
+    """Index -> evaluation example {'image': f32 [H, W, c], 'label': i32, 'mask': f32}.
+
+    Index -1 is padding and an unreadable image (None from `SkipUnreadable`) is dropped: both
+    give a zero image with mask 0, so every process still yields full, equally many batches.
+    """
+
+    source: Sequence[dict]
+    size: tuple[int, int]
+    channels: int
+    crop_fraction: float
+
+    def map(self, index: int) -> dict:
+        example = self.source[index] if index >= 0 else None
+        if example is None:
+            return {
+                "image": np.zeros((*self.size, self.channels), np.float32),
+                "label": np.int32(0),
+                "mask": np.float32(0),
+            }
+        image = example["image"]
+        box = center_crop_box(*image.shape[:2], self.crop_fraction)
+        image = to_model_range(crop_and_resize(image, box, self.size))
+        return {"image": image, "label": np.int32(example["label"]), "mask": np.float32(1)}
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders.
+
+
+def _per_process_batch(
+    global_batch_size: int, shard: grain.sharding.ShardOptions | None
+) -> tuple[grain.sharding.ShardOptions, int]:
+    shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    if global_batch_size <= 0 or global_batch_size % shard.shard_count:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} must be a positive multiple of the number of "
+            f"processes ({shard.shard_count}): each process loads an equal part of every batch."
+        )
+    return shard, global_batch_size // shard.shard_count
+
+
+def _read_options(opts: DataOptions) -> grain.ReadOptions:
+    # A short per-example read-ahead is enough to keep the threads busy; whole batches are
+    # buffered by `_prefetch`, so this does not need tuning per dataset.
+    return grain.ReadOptions(num_threads=opts.read_threads, prefetch_buffer_size=64)
+
+
+def _prefetch(ds: grain.IterDataset, opts: DataOptions) -> grain.IterDataset:
+    """Reads ahead `opts.prefetch` batches: in worker processes, or in a thread of this one."""
+    if opts.num_workers > 0:
+        # grain's worker start-up reads one of its absl flags, which fails outside `app.run`
+        # (tests, notebooks) unless flags count as parsed; their defaults are kept.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        options = grain.MultiprocessingOptions(
+            num_workers=opts.num_workers, per_worker_buffer_size=opts.prefetch
+        )
+        return ds.mp_prefetch(options)
+    return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=opts.prefetch)
+
+
+def train_loader(
+    data_cfg: Any,
+    *,
+    image_size: tuple[int, int],
+    global_batch_size: int,
+    seed: int,
+    shard: grain.sharding.ShardOptions | None = None,
+) -> grain.IterDataset:
+    """The infinite, shuffled, augmented training stream of this process.
+
+    `iter()` of the result is a grain `DatasetIterator` yielding {'image': float32
+    [b, H, W, C] in [-1, 1], 'label': int32 [b]} with b = global_batch_size // process count;
+    its `get_state()` / `set_state()` (or `grain.checkpoint.CheckpointSave/CheckpointRestore`
+    in Orbax) resume at exactly the next batch. Each process takes an equal strided shard of the
+    split (`shard` defaults to `ShardByJaxProcess`; pass `ShardOptions` to simulate processes),
+    reshuffled every epoch; batches run across epoch boundaries, so none is partial. Shuffle
+    and augmentation are seeded by (seed, shard index) and the example's position in the
+    stream, so a resumed run sees the same batches. Call the iterator's `close()` to stop its
+    threads or worker processes early.
+    """
+    opts = data_options(data_cfg)
+    shard, batch_size = _per_process_batch(global_batch_size, shard)
+    source, _ = open_source(data_cfg, "train")
+    usable = len(source) - len(source) % shard.shard_count  # Equal shards keep epochs aligned.
+    ds = grain.MapDataset.source(source)[:usable][shard.shard_index :: shard.shard_count]
+    if len(ds) == 0:
+        raise ValueError(f"The training split has {len(source)} examples: too few to shard.")
+    shuffle_seed, augment_seed = np.random.SeedSequence([seed, shard.shard_index]).generate_state(2)
+    preprocess = TrainPreprocess(tuple(image_size), opts.augment, opts.crop_area_min, opts.flip)
+    ds = ds.shuffle(int(shuffle_seed)).repeat().random_map(preprocess, seed=int(augment_seed))
+    # Batching after to_iter_dataset lets skipped (None) examples drop out of full batches.
+    ds = ds.to_iter_dataset(_read_options(opts)).batch(batch_size, drop_remainder=True)
+    return _prefetch(ds, opts)
+
+
+def eval_batches(
+    data_cfg: Any,
+    *,
+    image_size: tuple[int, int],
+    global_batch_size: int,
+    split: str = "eval",
+    shard: grain.sharding.ShardOptions | None = None,
+) -> Iterator[dict]:
+    """One pass over `split` ('eval' or 'train'): every example exactly once across processes.
+
+    Yields {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b], 'mask': float32 [b]}
+    with b = global_batch_size // process count. The last batches are padded (mask 0, zero
+    image, label 0) and every process yields the same number of batches, so collective metric
+    reductions line up. Images are center-cropped (eval_crop_fraction) and resized.
+    """
+    opts = data_options(data_cfg)
+    shard, batch_size = _per_process_batch(global_batch_size, shard)
+    source, channels = open_source(data_cfg, split)
+    if len(source) == 0:
+        raise ValueError(
+            f"The {split} split is empty; for a folder source set data.eval_dir or "
+            "data.eval_fraction > 0."
+        )
+    indices = list(range(shard.shard_index, len(source), shard.shard_count))
+    per_process = -(-len(source) // shard.shard_count)  # Largest shard, rounded up to batches:
+    num_batches = -(-per_process // batch_size)  # the same for every process.
+    indices += [-1] * (num_batches * batch_size - len(indices))
+    example = EvalExample(source, tuple(image_size), channels, opts.eval_crop_fraction)
+    # Batching the MapDataset keeps whole batches together when workers split the stream.
+    ds = grain.MapDataset.source(indices).map(example).batch(batch_size)
+    return _closing(iter(_prefetch(ds.to_iter_dataset(_read_options(opts)), opts)))
+
+
+def _closing(iterator: grain.DatasetIterator) -> Iterator[dict]:
+    # Stops prefetch threads and worker processes when the pass ends or is abandoned.
+    try:
+        yield from iterator
+    finally:
+        iterator.close()
