@@ -510,8 +510,9 @@ def create(
 
 def build(config) -> VisionTransformer:
     """Builds the model a config describes: a mapping with `variant`, `num_classes`, `image_size`
-    and any model field (typically `config.model` of an ml_collections config)."""
-    fields = dict(config)
+    and any model field (typically `config.model` of an ml_collections config). Fields set to
+    None take the variant's value (e.g. hidden_size)."""
+    fields = {k: v for k, v in dict(config).items() if v is not None or k == "representation_size"}
     try:
         variant = fields.pop("variant")
         num_classes = fields.pop("num_classes")

@@ -1,0 +1,245 @@
+"""Training: parallel strategies agree, optimizer contract, eval over whole splits, bad input."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from vit_jax import data, models
+from vit_jax.train import optim, parallel
+from vit_jax.train.config import base_config, model_config
+from vit_jax.train.loop import evaluate, train_and_evaluate
+from vit_jax.train.state import create_state, init_params
+from vit_jax.train.step import make_eval_step, make_train_step, mixup, soft_targets
+
+TINY = dict(hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
+
+
+def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
+    """A seconds-long digits run."""
+    config = base_config()
+    config.model = model_config("Ti/4", 8, num_classes=10, **TINY)
+    config.data.data_dir = str(data_dir)
+    config.data.augment = "inception"
+    config.data.crop_area_min = 0.5
+    config.data.flip = False
+    config.data.cache = True
+    config.batch_size = 32
+    config.eval_batch_size = 64
+    config.total_steps = 6
+    config.optimizer.warmup_steps = 2
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 3
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tfds")
+    data.prepare_digits(str(path))
+    return path
+
+
+def run_steps(par, model, config, batches, num_steps=10, grad_accum_steps=1):
+    """Losses of `num_steps` steps of the pure train step under a parallel strategy."""
+    tx, schedule = optim.make_optimizer(config.optimizer, 100)
+    rng = jax.random.PRNGKey(0)
+    params = init_params(model, rng, 1)
+    state = par.put_state(create_state(params, tx, rng))
+    step = par.compile_train(
+        make_train_step(
+            model,
+            tx,
+            schedule,
+            label_smoothing=0.1,
+            grad_accum_steps=grad_accum_steps,
+            axis_name=par.axis_name,
+        )
+    )
+    losses = []
+    for i in range(num_steps):
+        state, metrics = step(state, par.put_batch(batches[i]), par.put_rng(jax.random.PRNGKey(i)))
+        losses.append(float(par.metric(metrics["loss"])))
+    return np.array(losses), par.host_state(state)
+
+
+def test_mesh_pmap_and_single_device_give_the_same_losses(digits_dir):
+    assert jax.device_count() == 8, "conftest sets JAX_NUM_CPU_DEVICES=8"
+    config = tiny_config(digits_dir)
+    model = models.build(config.model)
+    it = iter(data.train_loader(config.data, image_size=(8, 8), global_batch_size=32, seed=0))
+    batches = [next(it) for _ in range(10)]
+    mesh, mesh_state = run_steps(parallel.make("jit"), model, config, batches)
+    pmap, pmap_state = run_steps(parallel.make("pmap"), model, config, batches)
+    single, _ = run_steps(parallel.make("jit", jax.devices()[:1]), model, config, batches)
+    accum, _ = run_steps(parallel.make("jit"), model, config, batches, grad_accum_steps=2)
+    assert losses_decrease(mesh)
+    for other in (pmap, single, accum):
+        np.testing.assert_allclose(other, mesh, rtol=1e-4)
+    # Adam normalises tiny gradients, so near-zero biases may differ by ~lr x float noise.
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4),
+        mesh_state["params"],
+        pmap_state["params"],
+    )
+
+
+def losses_decrease(losses):
+    return losses[-3:].mean() < losses[:3].mean()
+
+
+def test_weight_decay_applies_to_kernels_only():
+    model = models.create(
+        "Ti/4", num_classes=3, image_size=8, posemb="learned+relative", classifier="map", **TINY
+    )
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+    mask = optim.decay_mask(params)
+    flat = {
+        "/".join(p.key for p in path): v for path, v in jax.tree_util.tree_leaves_with_path(mask)
+    }
+    assert flat["embedding/kernel"] and flat["head/kernel"]
+    assert flat["Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"]
+    for name in [
+        "embedding/bias",
+        "Transformer/posembed_input/pos_embedding",
+        "Transformer/encoderblock_0/LayerNorm_0/scale",
+        "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/relative_position_bias_table",
+        "MAPHead_0/probe",
+        "head/bias",
+    ]:
+        assert not flat[name], name
+
+
+def test_schedule_warms_up_then_decays():
+    cfg = base_config().optimizer
+    cfg.warmup_steps, cfg.learning_rate = 10, 1.0
+    cosine = optim.learning_rate_schedule(cfg, 110)
+    assert float(cosine(0)) == 0.0 and float(cosine(5)) == pytest.approx(0.5)
+    assert float(cosine(10)) == pytest.approx(1.0) and float(cosine(60)) == pytest.approx(0.5)
+    assert float(cosine(110)) == pytest.approx(0.0, abs=1e-6)
+    cfg.schedule = "linear"
+    assert float(optim.learning_rate_schedule(cfg, 110)(35)) == pytest.approx(0.75)
+
+
+def test_sgd_with_momentum_and_clipping_builds_and_steps():
+    cfg = base_config().optimizer
+    cfg.name, cfg.grad_clip_norm = "sgd", 0.5
+    tx, _ = optim.make_optimizer(cfg, 10)
+    params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
+    updates, _ = tx.update(jax.tree.map(lambda x: 10 * x, params), tx.init(params), params)
+    assert float(jnp.linalg.norm(updates["bias"])) < 0.5 * 1e-3 * 2  # clipped then scaled by lr
+
+
+def test_label_smoothing_and_mixup_targets():
+    targets = soft_targets(jnp.array([0, 2]), 4, 0.1)
+    np.testing.assert_allclose(targets[0], [0.925, 0.025, 0.025, 0.025])
+    images = jnp.arange(4.0).reshape(4, 1, 1, 1)
+    mixed_images, mixed = mixup(images, soft_targets(jnp.arange(4), 4, 0.0), jax.random.key(0), 0.4)
+    np.testing.assert_allclose(mixed.sum(-1), 1.0, rtol=1e-6)
+    lam = float(mixed[1, 1])
+    assert 0.5 <= lam <= 1.0 and float(mixed[1, 0]) == pytest.approx(1 - lam, abs=1e-6)
+    assert float(mixed_images[1, 0, 0, 0]) == pytest.approx(lam * 1 + (1 - lam) * 0, abs=1e-6)
+
+
+def test_eval_counts_every_example_of_a_split_not_divisible_by_the_batch(digits_dir):
+    config = tiny_config(digits_dir)
+    model = models.build(config.model)
+    par = parallel.make("jit")
+    params = par.put_state(init_params(model, jax.random.PRNGKey(1), 1))
+    eval_step = par.compile_eval(make_eval_step(model))
+    results = []
+    for batch_size in (64, 304):  # 297 = 4 x 64 + 41; 304 holds the whole split in one batch
+        config.eval_batch_size = batch_size
+        results.append(evaluate(par, eval_step, params, config, model.image_size))
+    assert results[0]["num_examples"] == results[1]["num_examples"] == 297
+    assert results[0]["accuracy"] == pytest.approx(results[1]["accuracy"], abs=1e-9)
+    assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_training_writes_metrics_tensorboard_config_and_checkpoints(digits_dir, tmp_path):
+    workdir = tmp_path / "run"
+    summary = train_and_evaluate(tiny_config(digits_dir), str(workdir))
+    records = read_metrics(workdir)
+    train = [r for r in records if "split" not in r]
+    evals = [r for r in records if "split" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert set(train[0]) >= {"step", "loss", "accuracy", "learning_rate", "img_per_sec"}
+    assert evals[-1]["num_examples"] == 297 and evals[-1]["split"] == "eval"
+    assert summary["num_examples"] == 297 and summary["step"] == 6
+    assert json.load(open(workdir / "config.json"))["model"]["hidden_size"] == 32
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+    # A rerun finds the final checkpoint and does no more training.
+    again = train_and_evaluate(tiny_config(digits_dir), str(workdir))
+    assert again["step"] == 6 and again["accuracy"] == summary["accuracy"]
+
+
+def write_folder(root, classes=("cat", "dog", "fox"), per_class=6, size=(12, 10)):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        os.makedirs(root / name, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+            pixels[..., c] = 255  # class signal in one channel
+            Image.fromarray(pixels).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
+
+
+def test_image_folder_source_trains_and_evaluates(tmp_path):
+    write_folder(tmp_path / "train")
+    write_folder(tmp_path / "val", per_class=3)
+    config = tiny_config(tmp_path)
+    config.data.source = "folder"
+    config.data.name = "my_images"
+    config.data.train_dir = str(tmp_path / "train")
+    config.data.eval_dir = str(tmp_path / "val")
+    config.model.num_classes = None  # from the folder: 3 classes
+    config.batch_size, config.eval_batch_size, config.total_steps = 8, 8, 4
+    summary = train_and_evaluate(config, str(tmp_path / "run"))
+    assert summary["num_examples"] == 9
+    cfg = json.load(open(tmp_path / "run" / "config.json"))
+    assert cfg["model"]["num_classes"] == 3
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda c: setattr(c, "batch_size", 30), "batch_size=30 is not divisible by 8 devices"),
+        (lambda c: setattr(c.optimizer, "name", "lamb"), "optimizer.name='lamb' is unknown"),
+        (lambda c: setattr(c.data, "name", "not_a_dataset"), "not_a_dataset"),
+        (lambda c: setattr(c, "parallel", "fsdp"), "parallel='fsdp' is unknown"),
+        (lambda c: setattr(c.model, "posemb", "rotary"), "posemb='rotary'"),
+        (
+            lambda c: setattr(c.model, "num_classes", 7),
+            "model.num_classes=7 but the dataset has 10",
+        ),
+    ],
+)
+def test_bad_configs_fail_before_training(digits_dir, tmp_path, change, message):
+    config = tiny_config(digits_dir)
+    change(config)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("'", "'")):
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_missing_folder_and_unwritable_workdir_are_reported(digits_dir, tmp_path):
+    config = tiny_config(digits_dir)
+    config.data.source, config.data.train_dir = "folder", str(tmp_path / "nope")
+    with pytest.raises(ValueError, match="nope"):
+        train_and_evaluate(config, str(tmp_path / "run"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="cannot be written"):
+        train_and_evaluate(tiny_config(digits_dir), str(tmp_path / "file" / "run"))

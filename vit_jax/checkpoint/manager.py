@@ -1,0 +1,74 @@
+"""Orbax checkpoints of a training run: state, data-iterator position and config, together.
+
+Layout: WORKDIR/checkpoints/<step>/{state, data, config}
+  state   the train state dict (params, opt_state, step, rng), saved as replicated global arrays
+  data    the grain iterator's position (per process), so a resume reads exactly the next batch
+  config  the resolved config as JSON (read by `vit_jax.tools.inspect` and `init_from`)
+
+Saves are asynchronous: training goes on while the files are written; a step directory only
+appears once complete (Orbax writes to a temporary directory and renames it), so a run killed
+mid-save resumes from the previous complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+import grain
+import orbax.checkpoint as ocp
+
+
+def open_manager(workdir: str, *, keep: int, save_every: int) -> ocp.CheckpointManager:
+    """A CheckpointManager for WORKDIR/checkpoints keeping the last `keep` checkpoints."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        save_interval_steps=save_every,
+        enable_async_checkpointing=True,
+        create=True,
+    )
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        options=options,
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "data": grain.checkpoint.CheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler(),
+        },
+    )
+
+
+def save(
+    manager: ocp.CheckpointManager,
+    step: int,
+    state,
+    data_iterator,
+    config: dict,
+    *,
+    force: bool = False,
+) -> bool:
+    """Starts an asynchronous save of `state` and the iterator position; False if not due."""
+    return manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            config=ocp.args.JsonSave(config),
+        ),
+        force=force,
+    )
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator):
+    """Restores the newest checkpoint into `abstract_state`'s shapes and shardings and moves
+    `data_iterator` to its saved position. Returns the state, or None if there is none."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iterator),
+        ),
+    )
+    return restored["state"]
