@@ -1,0 +1,46 @@
+"""A run killed with SIGKILL after a checkpoint resumes exactly where it would have been."""
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from tests import cli
+from vit_jax import data
+
+pytestmark = pytest.mark.slow
+
+
+def test_sigkill_then_rerun_gives_the_losses_of_an_uninterrupted_run(tmp_path):
+    data.prepare_digits(str(tmp_path / "tfds"))
+    steps = 200
+    reference = tmp_path / "reference"
+    done = cli.run(cli.tiny_digits_flags(tmp_path / "tfds", reference, steps))
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        cli.main_command(cli.tiny_digits_flags(tmp_path / "tfds", killed, steps)),
+        env=cli.env(1),
+        cwd=cli.ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while not os.path.isdir(killed / "checkpoints" / "50") and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = cli.losses_by_step(killed)
+    assert 50 <= max(before) < steps, "the run must be killed mid-training, after step 50"
+
+    resumed = cli.run(cli.tiny_digits_flags(tmp_path / "tfds", killed, steps))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout
+    expected, got = cli.losses_by_step(reference), cli.losses_by_step(killed)
+    assert sorted(got) == sorted(expected) == list(range(1, steps + 1))
+    np.testing.assert_allclose([got[s] for s in expected], list(expected.values()), rtol=1e-4)
+    assert cli.eval_records(killed)[-1]["accuracy"] == cli.eval_records(reference)[-1]["accuracy"]
