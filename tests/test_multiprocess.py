@@ -30,7 +30,7 @@ def test_two_processes_train_together_and_evaluate_the_whole_split(tmp_path):
         for i in range(2)
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outputs, strict=True):
+    for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
     assert "over 4 devices" in outputs[0][0]
     assert "| loss" in outputs[0][0] and "| loss" not in outputs[1][0]  # process 0 reports

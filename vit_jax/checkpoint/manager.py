@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 
 import grain
+import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 def open_manager(workdir: str, *, keep: int, save_every: int) -> ocp.CheckpointManager:
@@ -58,17 +60,30 @@ def save(
     )
 
 
+def data_position_saved(manager: ocp.CheckpointManager, step: int) -> bool:
+    """True if `step` holds this process's iterator position (grain writes one file per process
+    named process_{i}-of-{n}.json; a run on another number of processes finds none)."""
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    return (manager.directory / str(step) / "data" / name).exists()
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator):
     """Restores the newest checkpoint into `abstract_state`'s shapes and shardings and moves
-    `data_iterator` to its saved position. Returns the state, or None if there is none."""
+    `data_iterator` to its saved position. Returns the state, or None if there is none.
+
+    Resuming on another number of processes restores the state but starts the data iterator
+    afresh (the saved positions belong to other shards); a warning says so.
+    """
     step = manager.latest_step()
     if step is None:
         return None
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(data_iterator),
-        ),
-    )
-    return restored["state"]
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_position_saved(manager, step):
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    else:
+        logging.warning(
+            "checkpoint %d was written by another number of processes: the data iterator "
+            "starts afresh (training is no longer bit-identical to an uninterrupted run).",
+            step,
+        )
+    return manager.restore(step, args=ocp.args.Composite(**items))["state"]
