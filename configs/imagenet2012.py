@@ -2,10 +2,10 @@
 
 300 epochs at 224x224, batch 4096, Adam (β1 0.9, β2 0.999) with decoupled weight decay 0.3,
 peak learning rate 3e-3, 10k warmup steps then cosine decay (paper, Table 3), global-norm
-clipping at 1, dropout 0.1, a 768-wide tanh pre-logits layer, inception crops and flips. The paper reports
-77.9% top-1 for ViT-B/16 trained on ImageNet-1k alone (after fine-tuning at 384); expect about
-74-76% at 224 straight out of this run. Regularized recipes ("How to train your ViT", AugReg)
-do better; add mixup here with --config.mixup_alpha=0.2.
+clipping at 1, dropout 0.1, a 768-wide tanh pre-logits layer, inception crops and flips.
+The paper reports 77.9% top-1 for ViT-B/16 trained on ImageNet-1k alone (after fine-tuning
+at 384); expect about 74-76% at 224 straight out of this run. Regularized recipes ("How to
+train your ViT", AugReg) do better; add mixup here with --config.mixup_alpha=0.2.
 
 Needs the prepared dataset (`tfds build imagenet2012 --manual_dir=... --file_format=array_record`)
 and a TPU pod or GPU cluster: ~95k steps; about 1 day on a v3-128.
