@@ -10,6 +10,8 @@ vit_jax/models/vit.py (VisionTransformer).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -110,7 +112,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 0  # 0: evaluate at the end only
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 2
-    config.init_from = config_dict.placeholder(str)  # Orbax checkpoint dir or official .npz
+    # Weights to start from (not a resume: optimizer and step start afresh): a workdir, its
+    # checkpoints dir, one step dir, or an official / big_vision .npz. Position embeddings,
+    # bias tables and the patch kernel are resized to this model; a head of another class count
+    # is re-initialised.
+    config.init_from = config_dict.placeholder(str)
+    config.init_options = ml_collections.ConfigDict(
+        dict(keep_pre_logits=False, method="cubic", antialias=True)
+    )
     return config
 
 
@@ -125,3 +134,13 @@ def parse_arg(arg: str | None, **defaults) -> dict:
             )
         values[key] = type(defaults[key])(value) if defaults[key] is not None else value
     return values
+
+
+def sibling_config(config_file: str, name: str, arg: str | None = None):
+    """`get_config(arg)` of configs/<name>.py next to `config_file`, so that one experiment can
+    build on another wherever the command is run from."""
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"vit_jax_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)

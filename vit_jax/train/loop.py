@@ -101,7 +101,7 @@ def initial_params(config, model, rng, channels: int, reporter: Reporter, shardi
     from vit_jax.checkpoint import restore_into
 
     params, _ = restore_into(
-        init_from, model, rng, channels=channels, **dict(config.get("init_options", {}))
+        init_from, model, rng, channels=channels, sharding=sharding, **dict(config.init_options)
     )
     reporter.message(f"initialised from {init_from}")
     return params

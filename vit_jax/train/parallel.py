@@ -107,7 +107,7 @@ class PmapParallel:
         n = jax.local_device_count()
         sharding = NamedSharding(self._mesh, P(AXIS))
         return jax.tree.map(
-            lambda x: jax.device_put(np.stack([np.asarray(to_host_any(x))] * n), sharding), state
+            lambda x: jax.device_put(np.stack([host_value(x)] * n), sharding), state
         )
 
     def put_batch(self, batch: dict) -> dict:
@@ -131,11 +131,9 @@ class PmapParallel:
         return np.asarray(x.addressable_data(0))[0] if x.ndim else to_host(x)
 
 
-def to_host_any(x):
-    """numpy view of a leaf that may be a numpy value, a typed PRNG key or a jax array."""
-    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        raise TypeError("typed PRNG keys cannot be replicated for pmap; use jax.random.key_data")
-    return to_host(x) if isinstance(x, jax.Array) else x
+def host_value(x) -> np.ndarray:
+    """numpy value of a state leaf: a replicated jax array (read locally) or a host value."""
+    return to_host(x) if isinstance(x, jax.Array) else np.asarray(x)
 
 
 def make(strategy: str, devices: list | None = None) -> MeshParallel | PmapParallel:
