@@ -6,6 +6,9 @@ checkpoint's `embedding/kernel`), so a checkpoint of one runs in the other with 
 - `conv`:   a strided convolution, kernel = stride = patch (what the official ViT does);
 - `linear`: reshape into [B, h, w, ph, pw, C] and contract with the kernel (a Dense on the
   flattened P*P*C patch vector, written without einops).
+
+`resize_kernel` adapts a kernel to another patch size (FlexiViT's pseudo-inverse resize), so that
+a patch resized to the new size gives the same embedding as the original patch.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.models.resize import resize_matrix
 
 PATCH_EMBEDS = ("conv", "linear")
 
@@ -63,3 +69,29 @@ class PatchEmbed(nn.Module):
         else:
             raise ValueError(f"patch_embed={self.kind!r} is unknown; use one of {PATCH_EMBEDS}.")
         return x + bias
+
+
+def resize_kernel(
+    kernel: jax.Array | np.ndarray,
+    new_patch_size: tuple[int, int],
+    *,
+    method: str = "linear",
+    antialias: bool = False,
+) -> jax.Array:
+    """Resamples a patch-embedding kernel [ph, pw, C, D] to [ph', pw', C, D] (FlexiViT).
+
+    With B [ph'pw', ph pw] the matrix of resizing a patch from (ph, pw) to (ph', pw') (`method`,
+    `antialias`; FlexiViT uses bilinear without antialiasing), the new kernel is pinv(Bᵀ) k, the
+    least-squares solution of <B x, k'> = <x, k> for all patches x. When the patch grows
+    (ph' pw' >= ph pw), B has full column rank and the equality is exact: every patch, resized to
+    the new size and embedded with k', gives the embedding it had with k. Shrinking the patch
+    loses information (FlexiViT warns against chains of resizes).
+    """
+    ph, pw, channels, dim = kernel.shape
+    new_patch_size = tuple(int(p) for p in new_patch_size)
+    if (ph, pw) == new_patch_size:
+        return jnp.asarray(kernel)
+    b = resize_matrix((ph, pw), new_patch_size, method, antialias)
+    flat = np.asarray(kernel, np.float64).reshape(ph * pw, channels * dim)
+    resized = np.linalg.pinv(b.T) @ flat
+    return jnp.asarray(resized.reshape(*new_patch_size, channels, dim), kernel.dtype)

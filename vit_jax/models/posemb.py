@@ -17,6 +17,10 @@ Variants (the `posemb=` model field; attention-level variants live in relpos.py 
 
 Fixed embeddings are not parameters: they are recomputed for whatever grid the model is built for.
 The class token (if any) never gets a fixed or factorized embedding.
+
+Adaptation to another patch grid (used when a checkpoint is restored at a new resolution):
+`resize_posemb` for `learned` (either layout in or out), `resize_factorized` for each factorized
+table; the fixed variants need none.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vit_jax.models.resize import resize_grid
 
 ADDITIVE_POSEMBS = ("none", "learned", "sincos1d", "sincos2d", "factorized")
 FACTORIZED_MODES = ("concat", "sum")
@@ -131,3 +137,60 @@ class AddPositionEmbedding(nn.Module):
         """Adds pe [h*w, D] to the patch tokens only, leaving the prefix (class) tokens alone."""
         prefix, patches = x[:, : self.num_prefix], x[:, self.num_prefix :]
         return jnp.concatenate([prefix, patches + jnp.asarray(pe, x.dtype)[None]], axis=1)
+
+
+def square_grid(num_positions: int, what: str) -> tuple[int, int]:
+    """(n, n) for num_positions = n², else ValueError asking for the grid explicitly."""
+    side = int(round(np.sqrt(num_positions)))
+    if side * side != num_positions:
+        raise ValueError(
+            f"{what} has {num_positions} grid positions, which is not a square, so its patch "
+            "grid is ambiguous: pass old_grid=(rows, cols)."
+        )
+    return (side, side)
+
+
+def resize_posemb(
+    posemb: jax.Array | np.ndarray,
+    new_grid: tuple[int, int],
+    *,
+    num_prefix_tokens: int,
+    old_grid: tuple[int, int] | None = None,
+    new_prefix_tokens: int | None = None,
+    method: str = "cubic",
+    antialias: bool = True,
+) -> jax.Array:
+    """Resizes a learned position embedding to another patch grid.
+
+    posemb: [1, num_prefix_tokens + h * w, D], prefix (class-token) rows first, then the grid
+      row-major. num_prefix_tokens = 1 is the official layout (class slot), 0 big_vision's.
+    new_grid: (h', w'). old_grid: (h, w), inferred as a square if not given.
+    new_prefix_tokens: prefix rows of the result (default: as many as the input). Rows kept are
+      copied untouched; added ones are zero (no position information for that token).
+    method, antialias: see models/resize.py; `cubic` with antialias is timm's default.
+    Returns [1, new_prefix_tokens + h' * w', D]. The same grid and prefix give the input back.
+    """
+    posemb = jnp.asarray(posemb)
+    new_prefix_tokens = num_prefix_tokens if new_prefix_tokens is None else new_prefix_tokens
+    prefix, grid = posemb[0, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
+    if old_grid is None:
+        old_grid = square_grid(grid.shape[0], f"pos_embedding {tuple(posemb.shape)}")
+    h, w = old_grid
+    if h * w != grid.shape[0]:
+        raise ValueError(
+            f"pos_embedding {tuple(posemb.shape)} with {num_prefix_tokens} prefix rows has "
+            f"{grid.shape[0]} grid rows, which does not match old_grid={tuple(old_grid)}."
+        )
+    resized = resize_grid(grid.reshape(h, w, -1), tuple(new_grid), method, antialias)
+    kept = prefix[:new_prefix_tokens]
+    added = jnp.zeros((new_prefix_tokens - kept.shape[0], posemb.shape[-1]), posemb.dtype)
+    rows = [kept, added, resized.reshape(-1, posemb.shape[-1])]
+    return jnp.concatenate(rows, axis=0)[None]
+
+
+def resize_factorized(
+    table: jax.Array | np.ndarray, new_length: int, *, method: str = "cubic", antialias: bool = True
+) -> jax.Array:
+    """1D resize of a factorized table (`row_embedding` [h, D_r] or `col_embedding` [w, D_c])
+    to [new_length, D_*]."""
+    return resize_grid(table, (new_length,), method, antialias)
