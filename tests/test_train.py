@@ -243,3 +243,23 @@ def test_missing_folder_and_unwritable_workdir_are_reported(digits_dir, tmp_path
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="cannot be written"):
         train_and_evaluate(tiny_config(digits_dir), str(tmp_path / "file" / "run"))
+
+
+def test_init_from_loads_a_run_into_a_new_run_at_the_same_or_a_new_resolution(
+    digits_dir, tmp_path, capsys
+):
+    base = train_and_evaluate(tiny_config(digits_dir), str(tmp_path / "base"))
+    # Same model, a learning rate too small to move the weights: the eval must be the base's.
+    same = tiny_config(digits_dir, init_from=str(tmp_path / "base"), total_steps=1)
+    same.optimizer.name, same.optimizer.learning_rate = "sgd", 1e-12
+    again = train_and_evaluate(same, str(tmp_path / "same"))
+    assert again["accuracy"] == base["accuracy"]
+    assert again["loss"] == pytest.approx(base["loss"], rel=1e-5)
+    # Twice the resolution: the 2x2 position-embedding grid becomes 4x4, reported as resized.
+    bigger = tiny_config(digits_dir, init_from=str(tmp_path / "base"), total_steps=2)
+    bigger.model.image_size = 16
+    capsys.readouterr()
+    result = train_and_evaluate(bigger, str(tmp_path / "bigger"))
+    out = capsys.readouterr().out
+    assert "resized" in out and "(1, 5, 32) → (1, 17, 32)" in out
+    assert result["num_examples"] == 297
