@@ -19,17 +19,9 @@ import time
 
 import jax
 
+from vit_jax.models import POSEMBS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-POSEMBS = [
-    "none",
-    "learned",
-    "sincos1d",
-    "sincos2d",
-    "factorized",
-    "relative",
-    "rope_axial",
-    "rope_mixed",
-]
 
 
 def evaluate_restored(config, path: str) -> dict:

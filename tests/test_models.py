@@ -12,18 +12,7 @@ from vit_jax import models
 from vit_jax.models import patch_embed, posemb, relpos, rope
 
 SMALL = dict(hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
-POSEMBS = [
-    "none",
-    "learned",
-    "sincos1d",
-    "sincos2d",
-    "factorized",
-    "relative",
-    "rope_axial",
-    "rope_mixed",
-    "learned+rope_axial",
-    "sincos2d+relative",
-]
+POSEMBS = [*models.POSEMBS, "learned+rope_axial", "sincos2d+relative"]
 
 
 def small(image_size=(16, 24), variant="Ti/4x8", **kw):

@@ -2,12 +2,21 @@
 
 from vit_jax.models.inspect import inspect
 from vit_jax.models.scan import scan_params, unscan_params
-from vit_jax.models.vit import CLASSIFIERS, FIELDS, VisionTransformer, build, create, split_posemb
+from vit_jax.models.vit import (
+    CLASSIFIERS,
+    FIELDS,
+    POSEMBS,
+    VisionTransformer,
+    build,
+    create,
+    split_posemb,
+)
 from vit_jax.models.zoo import SIZES, decode_variant
 
 __all__ = [
     "CLASSIFIERS",
     "FIELDS",
+    "POSEMBS",
     "SIZES",
     "VisionTransformer",
     "build",

@@ -33,6 +33,8 @@ from vit_jax.models.attention import Attention
 from vit_jax.models.patch_embed import PATCH_EMBEDS, PatchEmbed
 
 ATTENTION_POSEMBS = ("relative", *rope.ROPE_POSEMBS)
+# Every single variant; an additive and an attention one may also be joined: "learned+rope_axial".
+POSEMBS = (*posemb_lib.ADDITIVE_POSEMBS, *ATTENTION_POSEMBS)
 CLASSIFIERS = ("token", "gap", "map", "unpooled")
 ACTIVATIONS = {
     "gelu_tanh": functools.partial(nn.gelu, approximate=True),
