@@ -17,7 +17,7 @@ from vit_jax.train.config import parse_arg, sibling_config
 def get_config(arg: str | None = None):
     args = parse_arg(arg, init_from="workdirs/digits", posemb="learned", image_size=32)
     config = sibling_config(__file__, "digits", f"posemb={args['posemb']}")
-    config.model.image_size = args["image_size"]
+    config.model.image_size = (args["image_size"], args["image_size"])
     config.init_from = args["init_from"]
     config.model.stochastic_depth = 0.0
     config.total_steps = 300

@@ -10,7 +10,8 @@ train your ViT", AugReg) do better; add mixup here with --config.mixup_alpha=0.2
 Needs the prepared dataset (`tfds build imagenet2012 --manual_dir=... --file_format=array_record`)
 and a TPU pod or GPU cluster: ~95k steps; about 1 day on a v3-128.
 
-    python -m vit_jax.main --config=configs/imagenet2012.py --workdir=gs://.../vit_b16 --distributed
+    python -m vit_jax.main --config=configs/imagenet2012.py --workdir=/mnt/runs/vit_b16 \\
+        --distributed   # every host: a shared (NFS / gcsfuse) workdir
 """
 
 from vit_jax.train.config import base_config, model_config, parse_arg

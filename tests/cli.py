@@ -15,7 +15,7 @@ def tiny_digits_flags(data_dir, workdir, total_steps, **overrides) -> list[str]:
         "model.num_layers": 2,
         "model.num_heads": 4,
         "model.mlp_dim": 64,
-        "model.image_size": 8,
+        "model.image_size": "(8,8)",
         "total_steps": total_steps,
         "batch_size": 32,
         "eval_batch_size": 64,
@@ -50,14 +50,11 @@ def run(
 
 
 def losses_by_step(workdir) -> dict[int, float]:
-    """Train loss of each step in metrics.jsonl; a step logged twice keeps its last value."""
-    losses = {}
+    """Train loss of each step in metrics.jsonl (each step must be logged once)."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            record = json.loads(line)
-            if "split" not in record:
-                losses[record["step"]] = record["loss"]
-    return losses
+        steps = [(r["step"], r["loss"]) for r in map(json.loads, f) if "split" not in r]
+    assert len({s for s, _ in steps}) == len(steps), "a step was logged twice"
+    return dict(steps)
 
 
 def eval_records(workdir) -> list[dict]:

@@ -292,8 +292,11 @@ def test_every_variant_jit_compiles_and_trains(index):
     assert np.isfinite(value) and all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
-def test_training_mode_uses_dropout_and_stochastic_depth_deterministically():
-    model = small((16, 16), "Ti/4", stochastic_depth=0.5, num_layers=3)
+@pytest.mark.parametrize(
+    "regularizer", ["dropout_rate", "attention_dropout_rate", "stochastic_depth"]
+)
+def test_training_mode_regularizers_are_random_and_reproducible(regularizer):
+    model = small((16, 16), "Ti/4", num_layers=3, **{regularizer: 0.5})
     params = randomized(model, (16, 16))
     x = images((8, 16, 16, 3))
 
@@ -303,6 +306,12 @@ def test_training_mode_uses_dropout_and_stochastic_depth_deterministically():
     np.testing.assert_array_equal(run(0), run(0))
     assert np.abs(run(0) - run(1)).max() > 1e-4
     assert np.abs(run(0) - model.apply(params, x)).max() > 1e-4
+    np.testing.assert_array_equal(
+        model.apply(params, x), small((16, 16), "Ti/4", num_layers=3).apply(params, x)
+    )  # eval mode ignores them
+
+
+def test_stochastic_depth_rates_rise_linearly():
     np.testing.assert_allclose(models.vit.drop_path_rates(0.5, 3), [0.0, 0.25, 0.5])
 
 

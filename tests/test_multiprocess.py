@@ -11,14 +11,15 @@ from vit_jax import data
 pytestmark = pytest.mark.slow
 
 
-def test_two_processes_train_together_and_evaluate_the_whole_split(tmp_path):
+@pytest.mark.parametrize("strategy", ["jit", "pmap"])
+def test_two_processes_train_together_and_evaluate_the_whole_split(tmp_path, strategy):
     data.prepare_digits(str(tmp_path / "tfds"))
     workdir = tmp_path / "run"
     port = portpicker.pick_unused_port()
     procs = [
         subprocess.Popen(
             cli.main_command(
-                cli.tiny_digits_flags(tmp_path / "tfds", workdir, 20)
+                cli.tiny_digits_flags(tmp_path / "tfds", workdir, 20, parallel=strategy)
                 + [f"--coordinator=localhost:{port}", "--num_processes=2", f"--process_id={i}"]
             ),
             env=cli.env(2),
@@ -32,7 +33,7 @@ def test_two_processes_train_together_and_evaluate_the_whole_split(tmp_path):
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
-    assert "over 4 devices" in outputs[0][0]
+    assert f"over 4 devices ({strategy})" in outputs[0][0]
     assert "| loss" in outputs[0][0] and "| loss" not in outputs[1][0]  # process 0 reports
     losses = cli.losses_by_step(workdir)
     assert sorted(losses) == list(range(1, 21))

@@ -36,6 +36,7 @@ def test_sigkill_then_rerun_gives_the_losses_of_an_uninterrupted_run(tmp_path):
     proc.wait()
     before = cli.losses_by_step(killed)
     assert 50 <= max(before) < steps, "the run must be killed mid-training, after step 50"
+    # (the resumed run drops the records of steps after its checkpoint: each step once)
 
     resumed = cli.run(cli.tiny_digits_flags(tmp_path / "tfds", killed, steps))
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from vit_jax import data, models
@@ -127,13 +128,18 @@ def test_schedule_warms_up_then_decays():
     assert float(optim.learning_rate_schedule(cfg, 110)(35)) == pytest.approx(0.75)
 
 
-def test_sgd_with_momentum_and_clipping_builds_and_steps():
+def test_sgd_clips_then_applies_momentum():
     cfg = base_config().optimizer
-    cfg.name, cfg.grad_clip_norm = "sgd", 0.5
+    cfg.name, cfg.grad_clip_norm, cfg.warmup_steps, cfg.schedule = "sgd", 0.5, 0, "constant"
+    cfg.learning_rate, cfg.momentum, cfg.weight_decay = 0.1, 0.9, 0.0
     tx, _ = optim.make_optimizer(cfg, 10)
     params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
-    updates, _ = tx.update(jax.tree.map(lambda x: 10 * x, params), tx.init(params), params)
-    assert float(jnp.linalg.norm(updates["bias"])) < 0.5 * 1e-3 * 2  # clipped then scaled by lr
+    grads = jax.tree.map(lambda x: 10 * x, params)  # global norm 10 * sqrt(6), clipped to 0.5
+    opt_state = tx.init(params)
+    first, opt_state = tx.update(grads, opt_state, params)
+    assert float(optax.tree.norm(first)) == pytest.approx(0.1 * 0.5, rel=1e-5)
+    second, _ = tx.update(grads, opt_state, params)
+    assert float(optax.tree.norm(second)) == pytest.approx(0.1 * 0.5 * 1.9, rel=1e-5)
 
 
 def test_label_smoothing_and_mixup_targets():
@@ -225,6 +231,9 @@ def test_image_folder_source_trains_and_evaluates(tmp_path):
             lambda c: setattr(c.model, "num_classes", 7),
             "model.num_classes=7 but the dataset has 10",
         ),
+        (lambda c: setattr(c.model, "classifier", "unpooled"), "classifier='unpooled' gives"),
+        (lambda c: setattr(c, "grad_accum_steps", 0), "grad_accum_steps=0 must be >= 1"),
+        (lambda c: setattr(c.init_options, "method", "bicubic"), "init_options.method='bicubic'"),
     ],
 )
 def test_bad_configs_fail_before_training(digits_dir, tmp_path, change, message):
@@ -235,6 +244,14 @@ def test_bad_configs_fail_before_training(digits_dir, tmp_path, change, message)
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
+def test_a_workdir_of_another_model_is_not_resumed(digits_dir, tmp_path):
+    train_and_evaluate(tiny_config(digits_dir, total_steps=3), str(tmp_path / "run"))
+    other = tiny_config(digits_dir, total_steps=3)
+    other.model.posemb = "rope_axial"
+    with pytest.raises(ValueError, match="model.posemb: 'learned' -> 'rope_axial'.*init_from"):
+        train_and_evaluate(other, str(tmp_path / "run"))
+
+
 def test_missing_folder_and_unwritable_workdir_are_reported(digits_dir, tmp_path):
     config = tiny_config(digits_dir)
     config.data.source, config.data.train_dir = "folder", str(tmp_path / "nope")
@@ -243,6 +260,8 @@ def test_missing_folder_and_unwritable_workdir_are_reported(digits_dir, tmp_path
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="cannot be written"):
         train_and_evaluate(tiny_config(digits_dir), str(tmp_path / "file" / "run"))
+    with pytest.raises(ValueError, match="is a URL"):
+        train_and_evaluate(tiny_config(digits_dir), "gs://bucket/run")
 
 
 def test_init_from_loads_a_run_into_a_new_run_at_the_same_or_a_new_resolution(
@@ -257,7 +276,7 @@ def test_init_from_loads_a_run_into_a_new_run_at_the_same_or_a_new_resolution(
     assert again["loss"] == pytest.approx(base["loss"], rel=1e-5)
     # Twice the resolution: the 2x2 position-embedding grid becomes 4x4, reported as resized.
     bigger = tiny_config(digits_dir, init_from=str(tmp_path / "base"), total_steps=2)
-    bigger.model.image_size = 16
+    bigger.model.image_size = (16, 16)
     capsys.readouterr()
     result = train_and_evaluate(bigger, str(tmp_path / "bigger"))
     out = capsys.readouterr().out

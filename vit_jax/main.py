@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
 
     try:
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except ValueError as e:  # a user-caused problem: one clear message, no traceback
+    except (ValueError, FileNotFoundError) as e:  # user-caused: one clear message, no traceback
         raise SystemExit(f"error: {e}") from None
 
 

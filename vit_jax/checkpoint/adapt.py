@@ -30,7 +30,7 @@ from flax import traverse_util
 from vit_jax.checkpoint import architecture
 from vit_jax.checkpoint.architecture import COL_KEY, POSEMB_KEY, RELPOS_LEAF, ROW_KEY
 from vit_jax.checkpoint.errors import CheckpointMismatchError
-from vit_jax.models import VisionTransformer, patch_embed, posemb, relpos
+from vit_jax.models import VisionTransformer, patch_embed, posemb, relpos, resize
 from vit_jax.models.scan import is_scanned, scan_params, unscan_params
 
 LOADED, RESIZED, CONVERTED, REINIT, DROPPED = (
@@ -383,6 +383,7 @@ def plan(
     old_grid: the checkpoint's patch grid, if neither its config nor its shapes tell it (shapes
       tell a square grid, or the model's own grid when they fit it).
     """
+    resize.check_method(method)  # a bad option fails now, not after the arrays are read
     stored_shapes = per_block_shapes(shapes)
     arch = architecture.infer(stored_shapes, meta, old_grid, likely_grid=model.grid)
     per_block = model.clone(scan=False) if model.scan else model

@@ -22,9 +22,17 @@ from absl import logging
 
 def open_manager(workdir: str, *, keep: int, save_every: int) -> ocp.CheckpointManager:
     """A CheckpointManager for WORKDIR/checkpoints keeping the last `keep` checkpoints."""
+    policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
-        save_interval_steps=save_every,
+        # Every `save_every` steps and when the cluster announces a preemption; not Orbax's
+        # default extra save at the first step (a full state write, unwanted on big models).
+        save_decision_policy=policies.AnySavePolicy(
+            [
+                policies.FixedIntervalPolicy(save_every),
+                policies.PreemptionCheckpointingPolicy(),
+            ]
+        ),
         enable_async_checkpointing=True,
         create=True,
     )
@@ -87,3 +95,12 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
             step,
         )
     return manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+
+def stored_config(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The config JSON saved with checkpoint `step` ({} if it has none)."""
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    except (FileNotFoundError, KeyError, ValueError):
+        return {}
+    return restored["config"] or {}

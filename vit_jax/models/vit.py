@@ -264,6 +264,9 @@ class VisionTransformer(nn.Module):
     param_dtype: str | jnp.dtype = "float32"
 
     def __post_init__(self):
+        # Accept an int for square images and patches, as create() does.
+        object.__setattr__(self, "image_size", as_pair(self.image_size, "image_size"))
+        object.__setattr__(self, "patch_size", as_pair(self.patch_size, "patch_size"))
         validate(self)
         super().__post_init__()
 
@@ -434,6 +437,9 @@ def _choice(field: str, value, choices) -> None:
 
 def validate(m: VisionTransformer) -> None:
     """Raises one ValueError naming the field, its value and what would work."""
+    for field in ("hidden_size", "num_layers", "num_heads", "mlp_dim"):
+        if getattr(m, field) < 1:
+            raise ValueError(f"{field}={getattr(m, field)} must be a positive integer.")
     (ih, iw), (ph, pw) = m.image_size, m.patch_size
     if ih % ph or iw % pw:
         raise ValueError(

@@ -16,7 +16,7 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
-from vit_jax.models.vit import VisionTransformer
+from vit_jax.models.vit import VisionTransformer, as_pair
 
 # Model fields whose default is None need a typed placeholder to be overridable from the CLI.
 _PLACEHOLDERS = {"representation_size": int}
@@ -31,7 +31,8 @@ def model_config(
     cfg = ml_collections.ConfigDict()
     cfg.variant = variant
     cfg.num_classes = config_dict.placeholder(int)  # None: taken from the dataset
-    cfg.image_size = image_size
+    # A pair, so that --config.model.image_size="(224, 160)" works for non-square images.
+    cfg.image_size = as_pair(image_size, "image_size")
     for name in _SIZE_FIELDS:
         cfg[name] = config_dict.placeholder(int)
     for field in dataclasses.fields(VisionTransformer):

@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from vit_jax import data, models
 from vit_jax.checkpoint import manager as ckpt
+from vit_jax.models.resize import RESIZE_METHODS
 from vit_jax.train import optim, parallel
 from vit_jax.train.parallel import to_host
 from vit_jax.train.reporting import Reporter, format_duration
@@ -31,6 +32,11 @@ from vit_jax.train.step import make_eval_step, make_train_step
 
 def prepare_workdir(workdir: str) -> str:
     """Creates the workdir and checks it can be written; returns its absolute path."""
+    if "://" in workdir:
+        raise ValueError(
+            f"workdir={workdir!r} is a URL; metrics and config files are written with local file "
+            "I/O: use a local or mounted path (e.g. a bucket mounted with gcsfuse, or NFS)."
+        )
     workdir = os.path.abspath(os.path.expanduser(workdir))
     try:
         os.makedirs(workdir, exist_ok=True)
@@ -64,6 +70,23 @@ def resolve_config(config, info: data.DatasetInfo):
         )
     if config.total_steps <= 0:
         raise ValueError(f"total_steps={config.total_steps} must be positive.")
+    if config.model.classifier == "unpooled":
+        raise ValueError(
+            "model.classifier='unpooled' gives per-token logits, which a classification run "
+            "cannot train on: use 'token', 'gap' or 'map' (unpooled is for feature extraction)."
+        )
+    if config.grad_accum_steps < 1 or config.mixup_alpha < 0:
+        raise ValueError(
+            f"grad_accum_steps={config.grad_accum_steps} must be >= 1 and "
+            f"mixup_alpha={config.mixup_alpha} >= 0 (0 turns mixup off)."
+        )
+    if config.init_options.method not in RESIZE_METHODS:
+        raise ValueError(
+            f"init_options.method={config.init_options.method!r} is unknown; "
+            f"use one of {RESIZE_METHODS}."
+        )
+    if not 0 <= config.label_smoothing < 1:
+        raise ValueError(f"label_smoothing={config.label_smoothing} must be in [0, 1).")
     optim.check(config.optimizer)
     parallel.check_batch_size(config.batch_size, config.get("grad_accum_steps", 1))
     parallel.check_batch_size(config.eval_batch_size)
@@ -92,26 +115,52 @@ def evaluate(par, eval_step, params, config, image_size) -> dict:
     }
 
 
-def initial_params(config, model, rng, channels: int, reporter: Reporter, sharding):
+def initial_params(config, model, rng, channels: int, sharding):
     """Fresh parameters (initialised directly with `sharding`), or those of `config.init_from`
-    adapted to this model."""
+    adapted to this model (its shapes are checked before anything is read)."""
     init_from = config.get("init_from")
     if not init_from:
         return jax.jit(lambda r: init_params(model, r, channels), out_shardings=sharding)(rng)
     from vit_jax.checkpoint import restore_into
 
     params, _ = restore_into(
-        init_from, model, rng, channels=channels, sharding=sharding, **dict(config.init_options)
+        init_from,
+        model,
+        rng,
+        channels=channels,
+        sharding=sharding,
+        verbose=jax.process_index() == 0,
+        **dict(config.init_options),
     )
-    reporter.message(f"initialised from {init_from}")
     return params
+
+
+def check_same_run(manager, config_dict: dict) -> None:
+    """Raises ValueError if the workdir's newest checkpoint is of another model or optimizer,
+    which could not be resumed (use a new workdir, or start from it with init_from)."""
+    step = manager.latest_step()
+    if step is None:
+        return
+    stored = ckpt.stored_config(manager, step)
+    changed = [
+        f"{section}.{key}: {old!r} -> {config_dict[section].get(key)!r}"
+        for section in ("model", "optimizer")
+        for key, old in stored.get(section, {}).items()
+        if config_dict[section].get(key) != old and (section == "model" or key == "name")
+    ]
+    if changed:
+        raise ValueError(
+            f"the workdir holds a run (step {step}) of another model or optimizer "
+            f"({'; '.join(changed)}), which cannot be resumed: use a new --workdir, or start "
+            f"from that run with --config.init_from={manager.directory}."
+        )
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains `config` in `workdir` (resuming if it holds checkpoints) and evaluates it.
 
     Returns the final summary: {"step", "accuracy", "loss", "num_examples", "train_seconds",
-    "img_per_sec"}.
+    "img_per_sec"} (and "preempted": True if the run stopped for a preemption).
     """
     workdir = prepare_workdir(workdir)
     info = data.dataset_info(config.data)
@@ -120,16 +169,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
     par = parallel.make(config.parallel)
     tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
     config_dict = json.loads(config.to_json_best_effort())
+    manager = ckpt.open_manager(
+        workdir, keep=config.keep_checkpoints, save_every=config.checkpoint_every_steps
+    )
+    check_same_run(manager, config_dict)
+
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    replicated = NamedSharding(
+        jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)),
+        P(),
+    )
+    state = None
+    if manager.latest_step() is None:  # init_from is read and checked before any data loads
+        params = initial_params(config, model, init_rng, info.channels, replicated)
+        state = jax.jit(lambda p, r: create_state(p, tx, r), out_shardings=replicated)(
+            params, train_rng
+        )
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(config_dict, f, indent=2)
 
-    reporter = Reporter(workdir, config.total_steps)
-    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-
-    manager = ckpt.open_manager(
-        workdir, keep=config.keep_checkpoints, save_every=config.checkpoint_every_steps
-    )
     train_iter = iter(
         data.train_loader(
             config.data,
@@ -138,25 +197,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
             seed=config.seed,
         )
     )
-    replicated = NamedSharding(
-        jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)),
-        P(),
-    )
     abstract = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
         jax.eval_shape(
             lambda: create_state(init_params(model, init_rng, info.channels), tx, train_rng)
         ),
     )
-    state = ckpt.restore_latest(manager, abstract, train_iter)
-    if state is None:
-        params = initial_params(config, model, init_rng, info.channels, reporter, replicated)
-        state = jax.jit(lambda p, r: create_state(p, tx, r), out_shardings=replicated)(
-            params, train_rng
-        )
-    else:
-        reporter.message(f"resumed from {manager.directory} at step {int(to_host(state['step']))}")
+    resumed = state is None
+    if resumed:
+        state = ckpt.restore_latest(manager, abstract, train_iter)
     start_step = int(to_host(state["step"]))
+    reporter = Reporter(workdir, config.total_steps, start_step)
+    if resumed:
+        reporter.message(f"resumed from {manager.directory} at step {start_step}")
     base_rng = np.asarray(to_host(state["rng"]))
     state = par.put_state(state)
 
@@ -200,18 +253,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
         ):
             result = evaluate(par, eval_step, state["params"], config, model.image_size)
             reporter.eval(done, "eval", **result)
-        ckpt.save(
-            manager,
-            done,
-            par.host_state(state),
-            train_iter,
-            config_dict,
-            force=done == config.total_steps,
-        )
-        if manager.reached_preemption(done):
+        preempted = manager.reached_preemption(done)
+        if done == config.total_steps or manager.should_save(done):
             ckpt.save(manager, done, par.host_state(state), train_iter, config_dict, force=True)
+        if preempted:
+            manager.wait_until_finished()
+            manager.close()
             reporter.message(f"preempted at step {done}: checkpoint saved; rerun to resume")
-            break
+            reporter.close()
+            return {"step": done, "preempted": True}
     train_seconds = time.perf_counter() - train_start
 
     result = evaluate(par, eval_step, state["params"], config, model.image_size)

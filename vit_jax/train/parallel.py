@@ -124,8 +124,18 @@ class PmapParallel:
         return rng
 
     def host_state(self, state):
-        """Device 0's copy of a replicated state, as a replicated global (jit-layout) state."""
-        return jax.tree.map(lambda x: x[0], state)
+        """This process's device-0 copy of the replicated state, as global arrays replicated
+        over all devices of all processes (what Orbax saves in multi-process runs)."""
+        mesh = jax.make_mesh(
+            (jax.device_count(),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+        )
+        replicated = NamedSharding(mesh, P())
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(
+                replicated, np.asarray(x.addressable_data(0))[0]
+            ),
+            state,
+        )
 
     def metric(self, x: jax.Array) -> np.ndarray:
         return np.asarray(x.addressable_data(0))[0] if x.ndim else to_host(x)

@@ -3,7 +3,9 @@
 metrics.jsonl has one JSON object per line:
   train: {"step", "loss", "accuracy", "learning_rate", "grad_norm", "img_per_sec"}
   eval:  {"step", "split", "accuracy", "loss", "num_examples"}
-Only process 0 writes; every process may call the methods.
+Only process 0 writes; every process may call the methods. A resumed run first drops the
+records of steps after its checkpoint (the interrupted run got further than it saved), so the
+file reads like that of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -25,10 +27,21 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def keep_records_up_to(path: str, step: int) -> None:
+    """Rewrites the JSON-lines file at `path` without the records of steps after `step`."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(lines)
+    os.replace(path + ".tmp", path)
+
+
 class Reporter:
     """Writes train/eval records to stdout, WORKDIR/metrics.jsonl and WORKDIR/tensorboard."""
 
-    def __init__(self, workdir: str, total_steps: int):
+    def __init__(self, workdir: str, total_steps: int, start_step: int = 0):
         self.total_steps = total_steps
         self.enabled = jax.process_index() == 0
         self._jsonl = None
@@ -36,8 +49,12 @@ class Reporter:
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            path = os.path.join(workdir, "metrics.jsonl")
+            keep_records_up_to(path, start_step)
+            self._jsonl = open(path, "a")
+            self._tb = SummaryWriter(
+                os.path.join(workdir, "tensorboard"), purge_step=start_step or None
+            )
         self._start = time.perf_counter()
         self._start_step: int | None = None
 

@@ -64,8 +64,12 @@ def make_train_step(
         if grad_accum_steps == 1:
             (loss, accuracy), grads = grad_fn(params, batch["image"], batch["label"], rng)
             return loss, accuracy, grads
+        # Micro-batch k takes rows k, k + A, k + 2A, ...: each device's contiguous shard of
+        # the batch splits into its own micro-batches, so no rows move between devices.
         micro = jax.tree.map(
-            lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]),
+            lambda x: x.reshape(
+                x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:]
+            ).swapaxes(0, 1),
             batch,
         )
 
