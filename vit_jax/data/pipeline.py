@@ -9,8 +9,9 @@
 
 b = global_batch_size // jax.process_count(); each process reads its own shard.
 
-Fields of the data config (an `ml_collections.ConfigDict`; each missing field takes its default,
-and the defaults suit the embedded digits):
+Fields of the data config (an `ml_collections.ConfigDict`; each missing field takes the default
+below, which suits the embedded digits; training configs start from
+`vit_jax.train.config.base_config()`, which sets every field, e.g. inception crops and flips):
 
     source              'tfds' | 'folder'                                          ('tfds')
     name                tfds name: 'sklearn_digits' (embedded, built on first use),
