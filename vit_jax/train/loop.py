@@ -17,8 +17,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from vit_jax import data, models
 from vit_jax.checkpoint import manager as ckpt
@@ -175,10 +173,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     check_same_run(manager, config_dict)
 
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    replicated = NamedSharding(
-        jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)),
-        P(),
-    )
+    replicated = parallel.global_replicated()
     state = None
     if manager.latest_step() is None:  # init_from is read and checked before any data loads
         params = initial_params(config, model, init_rng, info.channels, replicated)

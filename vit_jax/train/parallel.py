@@ -34,6 +34,12 @@ def check_batch_size(global_batch_size: int, grad_accum_steps: int = 1) -> None:
         )
 
 
+def global_replicated() -> NamedSharding:
+    """Replicated over every device of every process: the layout of saved checkpoints."""
+    mesh = jax.make_mesh((jax.device_count(),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+    return NamedSharding(mesh, P())
+
+
 def to_host(x: jax.Array) -> np.ndarray:
     """A replicated (or per-device identical) array -> numpy, also in multi-process runs."""
     return np.asarray(x.addressable_data(0))
@@ -126,10 +132,7 @@ class PmapParallel:
     def host_state(self, state):
         """This process's device-0 copy of the replicated state, as global arrays replicated
         over all devices of all processes (what Orbax saves in multi-process runs)."""
-        mesh = jax.make_mesh(
-            (jax.device_count(),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
-        )
-        replicated = NamedSharding(mesh, P())
+        replicated = global_replicated()
         return jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(
                 replicated, np.asarray(x.addressable_data(0))[0]
