@@ -258,7 +258,7 @@ def test_every_variant_classifier_and_patch_embed_lowers_with_the_right_output_s
 
 
 @pytest.mark.parametrize("index", range(len(POSEMBS)))
-def test_every_variant_jit_compiles_and_trains(index):
+def test_every_variant_jit_compiles_and_differentiates(index):
     """Each posemb compiled once, with classifier, patch embed and shape rotating so that every
     classifier, both embeds and both (square, non-square) shapes are compiled across the cases."""
     name, classifier = POSEMBS[index], models.CLASSIFIERS[index % 4]

@@ -306,7 +306,10 @@ def _pre_logits(ctx: _Context, key: str) -> tuple[Entry, Builder]:
         return _as_is(key, stored)
     if ctx.keep_pre_logits:
         ctx.check(key, slice(None))  # raises: asked to keep what does not fit
-    note = "new head, keep_pre_logits=False" if stored == target else "not in the checkpoint"
+    if stored == target:
+        note = "new head, keep_pre_logits=False"
+    else:
+        note = "not in the checkpoint" if stored is None else "stored with another width"
     return _reinit(key, stored, target, note)
 
 
