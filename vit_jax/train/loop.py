@@ -205,7 +205,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     reporter = Reporter(workdir, config.total_steps, start_step)
     if resumed:
         reporter.message(f"resumed from {manager.directory} at step {start_step}")
-    base_rng = np.asarray(to_host(state["rng"]))
+    base_rng = jnp.asarray(to_host(state["rng"]))
     state = par.put_state(state)
 
     train_step = par.compile_train(
@@ -232,7 +232,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_start = time.perf_counter()
     for step in range(start_step, config.total_steps):
         batch = par.put_batch(next(train_iter))
-        rng = jax.random.fold_in(jnp.asarray(base_rng), step)
+        rng = jax.random.fold_in(base_rng, step)
         state, metrics = train_step(state, batch, par.put_rng(rng))
         pending.append(metrics)
         done = step + 1
