@@ -1,0 +1,222 @@
+"""Declared options: every setting's default, type, allowed values and one-line help, in one place.
+
+A group of settings is a frozen dataclass (or a Flax module: it is a dataclass too) whose fields
+are declared with `option`:
+
+    @dataclasses.dataclass(frozen=True)
+    class DataOptions:
+        augment: str = option("inception", "training augmentation", choices=("inception", "resize"))
+        crop_area_min: float = option(0.08, "smallest crop area fraction", low=0, low_open=True,
+                                      high=1)
+
+From that one declaration come the config's defaults (`to_config`), the checks of a config
+section (`read`, `check`: one `ValueError` per mistake, naming the field, the value and what
+would work) and the help text (`Option.help`). The two error helpers, `unknown_choice` and
+`out_of_range`, are the only places that word those messages.
+
+This module knows no field of its own; it imports nothing from the rest of the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+_KEY = "vit_jax_option"
+MISSING = dataclasses.MISSING
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting: `name`, `default` (MISSING: required), `help`, the `type` of a non-None
+    value, and its constraints: `choices`, or a range [low, high] (either end open or absent).
+    `optional`: None is allowed (the default None means "not set")."""
+
+    name: str
+    default: Any
+    help: str
+    type: type | None = None
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    optional: bool = False
+
+    @property
+    def range_text(self) -> str:
+        """The allowed interval, e.g. "[0, 1)" or ">= 1"; "" when unbounded."""
+        if self.low is not None and self.high is not None:
+            return (
+                f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.high_open else ']'}"
+            )
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return ""
+
+    def check(self, value: Any, where: str = "") -> Any:
+        """Returns `value` (an int where a float is declared becomes a float); raises ValueError
+        if it has the wrong type, is not among the choices or is out of range."""
+        field = where + self.name
+        if value is None:
+            if self.optional or self.default is None:
+                return None
+            raise ValueError(f"{field} must be set ({self.help}).")
+        value = _as_type(field, value, self.type)
+        if self.choices is not None and value not in self.choices:
+            raise unknown_choice(field, value, self.choices)
+        if not _in_range(value, self):
+            raise out_of_range(field, value, self.range_text)
+        return value
+
+
+def option(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    type: type | None = None,
+    choices: tuple | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> Any:
+    """A dataclass field declared with its Option (the name is the field's own)."""
+    spec = Option(
+        name="",
+        default=default,
+        help=help,
+        type=type if type is not None or default in (None, MISSING) else _type_of(default),
+        choices=tuple(choices) if choices is not None else None,
+        low=low,
+        high=high,
+        low_open=low_open,
+        high_open=high_open,
+        optional=optional or default is None,
+    )
+    return dataclasses.field(default=default, metadata={_KEY: spec})
+
+
+def options_of(cls: type) -> tuple[Option, ...]:
+    """The declared options of a dataclass, in field order (fields without one are skipped)."""
+    return tuple(
+        dataclasses.replace(f.metadata[_KEY], name=f.name)
+        for f in dataclasses.fields(cls)
+        if _KEY in f.metadata
+    )
+
+
+def unknown_choice(field: str, value: Any, choices) -> ValueError:
+    """The error for a value that is not one of `choices` (with a did-you-mean)."""
+    choices = tuple(choices)
+    hint = _did_you_mean(value, choices)
+    return ValueError(f"{field}={value!r} is unknown{hint}; use one of {choices}.")
+
+
+def out_of_range(field: str, value: Any, allowed: str) -> ValueError:
+    """The error for a value outside its allowed range, e.g. allowed="[0, 1)" or ">= 1"."""
+    return ValueError(f"{field}={value!r} is out of range: it must be {_range_words(allowed)}.")
+
+
+def unknown_field(field: str, valid) -> ValueError:
+    """The error for a config field that does not exist (with a did-you-mean)."""
+    prefix, _, name = field.rpartition(".")
+    hint = _did_you_mean(name, tuple(valid))
+    where = f" in {prefix}" if prefix else ""
+    return ValueError(
+        f"{field} is not a field{where}{hint}. Valid fields: {', '.join(sorted(valid))}."
+    )
+
+
+def check(
+    cls: type, values: Mapping[str, Any], where: str = "", *, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Checks a config section against the options of `cls`: every key must be an option (or in
+    `extra`, passed through unchecked) and every value valid. Returns {name: value} with the
+    defaults filled in for absent keys. `where` prefixes field names in messages ("data.")."""
+    declared = {o.name: o for o in options_of(cls)}
+    for key in values:
+        if key not in declared and key not in extra:
+            raise unknown_field(where + key, (*declared, *extra))
+    out = {key: values[key] for key in extra if key in values}
+    for name, opt in declared.items():
+        if name in values:
+            out[name] = opt.check(values[name], where)
+        elif opt.default is MISSING:
+            raise ValueError(f"{where}{name} must be set ({opt.help}).")
+        else:
+            out[name] = opt.default
+    return out
+
+
+def read(cls: type, values: Mapping[str, Any], where: str = ""):
+    """`cls(**check(cls, values, where))`: a config section as a typed, checked instance."""
+    return cls(**check(cls, dict(values), where))
+
+
+def to_config(cls: type, **overrides) -> ml_collections.ConfigDict:
+    """A ConfigDict with every option of `cls` at its default (None defaults as typed
+    placeholders, so that they can be set from the command line); required options without a
+    value in `overrides` are left out."""
+    cfg = ml_collections.ConfigDict()
+    for opt in options_of(cls):
+        if opt.name in overrides:
+            value = overrides.pop(opt.name)
+        elif opt.default is MISSING:
+            continue
+        else:
+            value = opt.default
+        if value is None and opt.type is not None:
+            cfg[opt.name] = config_dict.placeholder(opt.type)
+        else:
+            cfg[opt.name] = value
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg
+
+
+def _type_of(default: Any) -> type | None:
+    return type(default) if isinstance(default, bool | int | float | str) else None
+
+
+def _as_type(field: str, value: Any, kind: type | None) -> Any:
+    if kind is None:
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ValueError(
+        f"{field}={value!r} has type {type(value).__name__}; it must be of type {kind.__name__}."
+    )
+
+
+def _in_range(value: Any, opt: Option) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return opt.low is None and opt.high is None
+    if opt.low is not None and (value <= opt.low if opt.low_open else value < opt.low):
+        return False
+    return opt.high is None or (value < opt.high if opt.high_open else value <= opt.high)
+
+
+def _range_words(allowed: str) -> str:
+    return f"in {allowed}" if allowed[:1] in "([" else allowed
+
+
+def _did_you_mean(value: Any, choices: tuple) -> str:
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
