@@ -16,8 +16,10 @@ import pytest
 from flax import traverse_util
 
 from vit_jax import checkpoint, models
-from vit_jax.checkpoint import adapt, architecture, manager, restore
-from vit_jax.models import patch_embed, posemb, relpos, resize
+from vit_jax.checkpoint import architecture, manager, restore
+from vit_jax.checkpoint import report as report_lib
+from vit_jax.models import patch_embed, posemb, resize
+from vit_jax.models.posemb import relative
 from vit_jax.tools import convert as convert_tool
 from vit_jax.tools import inspect as inspect_tool
 from vit_jax.train.state import create_state
@@ -70,9 +72,9 @@ def test_resize_to_the_same_grid_is_the_identity(prefix):
     np.testing.assert_array_equal(same, pe)
     table = normal((3, 8))
     np.testing.assert_array_equal(posemb.resize_factorized(table, 3), table)
-    bias = normal((relpos.num_relative_positions((3, 4), 1), 4))
+    bias = normal((relative.num_relative_positions((3, 4), 1), 4))
     np.testing.assert_array_equal(
-        relpos.resize_bias_table(bias, (3, 4), (3, 4), num_prefix=1), bias
+        relative.resize_bias_table(bias, (3, 4), (3, 4), num_prefix_tokens=1), bias
     )
     kernel = normal((4, 4, 3, 8))
     np.testing.assert_array_equal(patch_embed.resize_kernel(kernel, (4, 4)), kernel)
@@ -116,11 +118,13 @@ def test_several_prefix_rows_stay_bit_exact():
 def test_learned_layouts_convert_both_ways():
     official = normal((1, 1 + 9, 4))  # class slot first
     big_vision = checkpoint.resize_posemb(
-        official, (4, 4), num_prefix_tokens=1, new_prefix_tokens=0
+        official, (4, 4), num_prefix_tokens=1, new_num_prefix_tokens=0
     )
     grid_only = checkpoint.resize_posemb(official[:, 1:], (4, 4), num_prefix_tokens=0)
     np.testing.assert_array_equal(big_vision, grid_only)
-    back = checkpoint.resize_posemb(big_vision, (4, 4), num_prefix_tokens=0, new_prefix_tokens=1)
+    back = checkpoint.resize_posemb(
+        big_vision, (4, 4), num_prefix_tokens=0, new_num_prefix_tokens=1
+    )
     assert back.shape == (1, 17, 4)
     np.testing.assert_array_equal(back[0, 0], np.zeros(4))  # the class token gets no position
     np.testing.assert_array_equal(back[:, 1:], big_vision)
@@ -178,9 +182,11 @@ def test_factorized_tables_resize_in_one_dimension():
 @pytest.mark.parametrize("new_prefix", [1, 0])
 def test_relative_bias_table_resizes_its_offset_grid_and_keeps_class_rows(new_prefix):
     old, new, heads = (2, 3), (4, 3), 4
-    table = normal((relpos.num_relative_positions(old, 1), heads))
-    out = relpos.resize_bias_table(table, old, new, num_prefix=1, new_num_prefix=new_prefix)
-    assert out.shape == (relpos.num_relative_positions(new, new_prefix), heads)
+    table = normal((relative.num_relative_positions(old, 1), heads))
+    out = relative.resize_bias_table(
+        table, old, new, num_prefix_tokens=1, new_num_prefix_tokens=new_prefix
+    )
+    assert out.shape == (relative.num_relative_positions(new, new_prefix), heads)
     offsets = jax.image.resize(table[:15].reshape(3, 5, heads), (7, 5, heads), "cubic")
     np.testing.assert_array_equal(out[:35], offsets.reshape(35, heads))
     np.testing.assert_array_equal(out[35:], table[15:] if new_prefix else table[:0])
@@ -222,7 +228,7 @@ def test_restore_into_the_same_model_is_bit_exact(tmp_path):
     for path in (tmp_path / "a.npz", tmp_path / "run", checkpoints, checkpoints / "3"):
         restored, report = checkpoint.restore_into(path, model, jax.random.key(0), verbose=False)
         assert_trees_equal(restored, params)
-        assert {e.action for e in report.entries} == {adapt.LOADED}
+        assert {e.action for e in report.entries} == {report_lib.LOADED}
     assert checkpoint.load_params(checkpoints)[1]["step"] == 3
 
 
@@ -242,7 +248,7 @@ def test_restore_at_twice_the_resolution_resizes_grid_parameters(tmp_path, name,
     restored, report = checkpoint.restore_into(path, big, jax.random.key(0))
     expected = random_params(big)
     assert jax.tree.map(np.shape, restored) == jax.tree.map(np.shape, expected)
-    changed = report.keys(adapt.RESIZED)
+    changed = report.keys(report_lib.RESIZED)
     assert len(changed) == sum(1 + (k == "relative_position_bias_table") for k in resized)
     assert all(any(k.endswith(r) for r in resized) for k in changed)
     if "rope_mixed" in name:  # learned frequencies extend to any grid: kept as they are
@@ -260,7 +266,7 @@ def test_restore_at_twice_the_resolution_resizes_grid_parameters(tmp_path, name,
 def test_another_patch_size_resizes_only_the_patch_kernel():
     params = random_params(tiny())  # Ti/4 at 16 px: grid 4x4
     new, report = checkpoint.adapt_params(params, tiny(32, "Ti/8"), jax.random.key(0))
-    assert report.keys(adapt.RESIZED) == ["embedding/kernel"]  # same grid: posemb as is
+    assert report.keys(report_lib.RESIZED) == ["embedding/kernel"]  # same grid: posemb as is
     np.testing.assert_array_equal(
         new["embedding"]["kernel"], patch_embed.resize_kernel(params["embedding"]["kernel"], (8, 8))
     )
@@ -270,7 +276,7 @@ def test_a_new_class_count_reinitialises_the_head_and_pre_logits_as_asked():
     params = random_params(tiny(representation_size=16))
     rng = jax.random.key(0)
     new, report = checkpoint.adapt_params(params, tiny(num_classes=7, representation_size=16), rng)
-    assert set(report.keys(adapt.REINIT)) == {
+    assert set(report.keys(report_lib.REINIT)) == {
         "head/kernel",
         "head/bias",
         "pre_logits/kernel",
@@ -282,7 +288,7 @@ def test_a_new_class_count_reinitialises_the_head_and_pre_logits_as_asked():
     )
     np.testing.assert_array_equal(kept["pre_logits"]["kernel"], params["pre_logits"]["kernel"])
     _, report = checkpoint.adapt_params(params, tiny(num_classes=7), rng)
-    assert set(report.keys(adapt.DROPPED)) == {"pre_logits/kernel", "pre_logits/bias"}
+    assert set(report.keys(report_lib.DROPPED)) == {"pre_logits/kernel", "pre_logits/bias"}
     with pytest.raises(ValueError, match="representation_size=16"):
         checkpoint.adapt_params(params, tiny(num_classes=7), rng, keep_pre_logits=True)
 
@@ -298,11 +304,11 @@ def test_class_rows_of_bias_tables_follow_the_class_token():
     np.testing.assert_array_equal(
         traverse_util.flatten_dict(gap)[(*block, "relative_position_bias_table")], table[:49]
     )
-    assert "cls" in report.keys(adapt.DROPPED)
+    assert "cls" in report.keys(report_lib.DROPPED)
     back, report = checkpoint.adapt_params(gap, tiny(posemb="relative"), jax.random.key(0))
     restored = traverse_util.flatten_dict(back)[(*block, "relative_position_bias_table")]
     np.testing.assert_array_equal(restored, np.concatenate([table[:49], np.zeros((3, 4))]))
-    assert "cls" in report.keys(adapt.REINIT)
+    assert "cls" in report.keys(report_lib.REINIT)
 
 
 def test_a_non_square_grid_without_config_is_the_models_if_it_fits(tmp_path):
@@ -411,7 +417,10 @@ def test_class_slot_of_an_official_file_folds_into_the_class_token(tmp_path):
     restored, report = checkpoint.restore_into(
         tmp_path / "a.npz", no_slot, jax.random.key(0), verbose=False
     )
-    assert set(report.keys(adapt.CONVERTED)) == {"cls", "Transformer/posembed_input/pos_embedding"}
+    assert set(report.keys(report_lib.CONVERTED)) == {
+        "cls",
+        "Transformer/posembed_input/pos_embedding",
+    }
     np.testing.assert_allclose(
         logits(no_slot, restored), logits(official, params), atol=1e-5, rtol=1e-5
     )

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from vit_jax import models
-from vit_jax.models import patch_embed, posemb, relpos, rope
+from vit_jax.models import patch_embed, posemb
+from vit_jax.models.posemb import relative, rope
 
 SMALL = dict(hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
 POSEMBS = [*models.POSEMBS, "learned+rope_axial", "sincos2d+relative"]
@@ -149,7 +150,7 @@ def test_attention_logit_depends_only_on_2d_offset(name):
 def test_rotation_keeps_norms_and_skips_class_token():
     x = jax.random.normal(jax.random.key(0), (2, 1 + 12, 3, 8))
     angles = rope.axial_angles((3, 4), 8, 100.0)
-    y = rope.rotate(x, jnp.asarray(angles), num_prefix=1)
+    y = rope.rotate(x, jnp.asarray(angles), num_prefix_tokens=1)
     np.testing.assert_array_equal(y[:, 0], x[:, 0])
     np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)
     # token at (0, 0) has angle 0: unchanged; others move.
@@ -198,13 +199,13 @@ def test_factorized_embeddings_are_row_and_column_tables():
 
 def test_relative_index_is_swin_formula_with_beit_class_rows():
     h, w = 3, 4
-    index = relpos.relative_position_index((h, w), num_prefix=1)
+    index = relative.relative_position_index((h, w), num_prefix_tokens=1)
     num_rel = (2 * h - 1) * (2 * w - 1)
     assert index.shape == (13, 13)
     i, j = 1 + (2 * w + 1), 1 + (0 * w + 3)  # (2, 1) and (0, 3)
     assert index[i, j] == (2 - 0 + h - 1) * (2 * w - 1) + (1 - 3 + w - 1)
     assert index[0, 5] == num_rel and index[5, 0] == num_rel + 1 and index[0, 0] == num_rel + 2
-    assert index.max() + 1 == relpos.num_relative_positions((h, w), 1)
+    assert index.max() + 1 == relative.num_relative_positions((h, w), 1)
 
 
 @pytest.mark.parametrize("name", ["learned", "relative+learned", "rope_mixed", "factorized"])
@@ -337,7 +338,7 @@ def test_inspect_returns_attention_maps_per_layer():
         (dict(classifier="cls"), "classifier='cls' is unknown"),
         (dict(patch_embed="mlp"), "patch_embed='mlp' is unknown"),
         (dict(dtype="float33"), "dtype='float33' is not a dtype"),
-        (dict(posmb="learned"), "unknown model field 'posmb' (did you mean 'posemb'?)"),
+        (dict(posmb="learned"), "model.posmb is not a field in model (did you mean 'posemb'?)"),
     ],
 )
 def test_bad_configurations_raise_one_clear_error(overrides, message):

@@ -7,10 +7,11 @@ adaptation of stored parameters to a model of another resolution, patch size or 
     resize_posemb(posemb, (24, 24), num_prefix_tokens=1)               # [1, 1 + 14*14, D] -> ...
 """
 
-from vit_jax.checkpoint.adapt import Report, adapt_params
+from vit_jax.checkpoint.adapt import adapt_params
 from vit_jax.checkpoint.errors import CheckpointMismatchError, UnreadableCheckpointError
 from vit_jax.checkpoint.npz import export_npz
 from vit_jax.checkpoint.orbax_params import save_orbax_params
+from vit_jax.checkpoint.report import Report
 from vit_jax.checkpoint.restore import checkpoint_shapes, load_params, restore_into
 from vit_jax.models.posemb import resize_posemb
 

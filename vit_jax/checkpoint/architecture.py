@@ -2,34 +2,22 @@
 
 Read from the shapes alone (so it works on an official .npz), refined by the model config stored
 with the checkpoint when there is one (it fixes what shapes cannot tell: a non-square grid, or
-sinusoidal vs. no position embedding). Used to adapt a checkpoint (checkpoint/adapt.py) and to
-describe one (`python -m vit_jax.tools.inspect`).
+sinusoidal vs. no position embedding). What each position parameter's shape tells comes from
+its variant's rule (`vit_jax.models.posemb.PARAM_RULES`). Used to adapt a checkpoint
+(checkpoint/adapt.py) and to describe one (`python -m vit_jax.tools.inspect`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
-
-from flax import traverse_util
 
 from vit_jax import models
-from vit_jax.models import relpos
+from vit_jax.models import paths
+from vit_jax.models.posemb import PARAM_RULES, VARIANTS, ParamRule, learned
+from vit_jax.models.posemb.base import Grid, GridCandidate
 
-POSEMB_KEY = "Transformer/posembed_input/pos_embedding"
-ROW_KEY = "Transformer/posembed_input/row_embedding"
-COL_KEY = "Transformer/posembed_input/col_embedding"
-BLOCK0 = "Transformer/encoderblock_0/"
-ATTENTION0 = BLOCK0 + "MultiHeadDotProductAttention_1/"
-RELPOS_LEAF = "relative_position_bias_table"
-_BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/")
-
-
-def block_pattern(key: str) -> str:
-    """'Transformer/encoderblock_3/LayerNorm_0/scale' -> 'Transformer/encoderblock_*/...': the
-    name under which listings show the same parameter of every block once."""
-    return re.sub(r"encoderblock_\d+", "encoderblock_*", key)
+_BLOCK0 = paths.join(paths.TRANSFORMER, paths.block_name(0))
+_ATTENTION0 = paths.join(_BLOCK0, paths.BLOCK_ATTENTION)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +25,8 @@ class Architecture:
     """A stored ViT as far as its parameters (and config, if any) tell.
 
     grid: patch grid (h, w); None if neither the config nor the shapes tell it.
-    posemb_prefix_tokens: class-token rows of a learned `pos_embedding` (1: official layout with
-      a class slot, 0: big_vision layout), None without a learned embedding.
-    relpos_prefix: 1 if relative bias tables have the 3 class-token rows.
+    num_prefix_tokens: class-token rows of each stored grid parameter, by leaf name
+      (e.g. {"pos_embedding": 1}: the official layout with a class slot; 0: big_vision's).
     posemb: the model's posemb string when a config says, else what parameters show
       ("learned", "factorized", "+relative", "+rope_mixed"; "fixed or none" if nothing is stored).
     """
@@ -50,10 +37,9 @@ class Architecture:
     mlp_dim: int
     patch_size: tuple[int, int]
     channels: int
-    grid: tuple[int, int] | None
+    grid: Grid | None
     posemb: str
-    posemb_prefix_tokens: int | None
-    relpos_prefix: int
+    num_prefix_tokens: dict[str, int]
     classifier: str
     num_classes: int
     representation_size: int | None
@@ -76,8 +62,9 @@ class Architecture:
         """One line, e.g. "B/16, learned posemb with class slot, token classifier, 1000 classes,
         grid 14x14"."""
         posemb = f"{self.posemb} posemb"
-        if self.posemb_prefix_tokens is not None:
-            posemb += " with class slot" if self.posemb_prefix_tokens else " without class slot"
+        slot = self.num_prefix_tokens.get(learned.PARAM)
+        if slot is not None:
+            posemb += " with class slot" if slot else " without class slot"
         parts = [self.variant, posemb, f"{self.classifier} classifier"]
         parts.append(f"{self.num_classes} classes" if self.num_classes else "no head")
         if self.representation_size:
@@ -100,107 +87,121 @@ def stored_model(config: dict | None) -> models.VisionTransformer | None:
         return None
 
 
+def grid_params(flat: dict[str, tuple]) -> dict[str, tuple[ParamRule, int]]:
+    """The stored grid-dependent parameters (those of block 0 for per-layer ones), by leaf
+    name: (rule, stored length on the rule's axis)."""
+    found = {}
+    for key, shape in flat.items():
+        rule = PARAM_RULES.get(paths.leaf(key))
+        if rule is not None and rule.axis is not None and paths.key_block_index(key) in (None, 0):
+            found[rule.name] = (rule, shape[rule.axis])
+    return found
+
+
 def infer(
     shapes: dict,
     meta: dict,
-    old_grid: tuple[int, int] | None = None,
-    likely_grid: tuple[int, int] | None = None,
+    old_grid: Grid | None = None,
+    likely_grid: Grid | None = None,
 ) -> Architecture:
     """The Architecture of a per-block parameter tree `shapes` (leaves with .shape).
 
-    meta: from load_params / checkpoint_shapes (its `config` and `posemb_prefix_tokens` are used).
-    The stored grid is, in this order: `old_grid`; the config's; that of factorized tables;
-    `likely_grid` (the grid of the model being restored) if it fits the stored shapes; the square
-    that the learned embedding or the bias table has.
+    meta: from load_params / checkpoint_shapes (its `config` and `num_prefix_tokens` are used).
+    The stored grid is, in this order: `old_grid`; the config's; the one grid that the stored
+    position parameters allow (e.g. factorized tables); `likely_grid` (the grid of the model
+    being restored) if they allow it; the square one they allow.
     """
-    flat = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
+    flat = paths.shapes(shapes)
     model = stored_model(meta.get("config"))
-    ph, pw, channels, hidden = flat["embedding/kernel"]
-    blocks = {int(m.group(1)) for k in flat if (m := _BLOCK.match(k))}
-    grid = tuple(old_grid) if old_grid else (model.grid if model else _grid_from_tables(flat))
-    if grid is None and likely_grid is not None and _fits(flat, tuple(likely_grid)):
-        grid = tuple(likely_grid)
-    posemb_prefix = _posemb_prefix(flat, meta, model, grid)
-    if grid is None and POSEMB_KEY in flat:
-        grid = _square(flat[POSEMB_KEY][1] - posemb_prefix)
-    relpos_rows = flat.get(ATTENTION0 + RELPOS_LEAF)
-    if grid is None and relpos_rows:
-        grid = _grid_from_relpos(relpos_rows[0])
+    params = grid_params(flat)
+    known = dict(meta.get("num_prefix_tokens") or {})
+    hints = {
+        name: known.get(name, rule.prefix_hint(length, paths.CLS in flat))
+        for name, (rule, length) in params.items()
+    }
+    grid = tuple(old_grid) if old_grid else (model.grid if model else None)
+    if grid is None:
+        grid = _grid_from_shapes(params, hints, likely_grid)
+    prefixes = {
+        name: _prefix(rule, length, grid, known.get(name), hints[name])
+        for name, (rule, length) in params.items()
+    }
+    ph, pw, channels, hidden = flat[paths.PATCH_KERNEL]
+    blocks = {i for k in flat if (i := paths.key_block_index(k)) is not None}
     return Architecture(
         hidden_size=hidden,
         num_layers=len(blocks),
-        num_heads=flat[ATTENTION0 + "query/kernel"][1] if blocks else 0,
-        mlp_dim=flat[BLOCK0 + "MlpBlock_3/Dense_0/kernel"][1] if blocks else 0,
+        num_heads=flat[paths.join(_ATTENTION0, "query", "kernel")][1] if blocks else 0,
+        mlp_dim=flat[paths.join(_BLOCK0, paths.BLOCK_MLP, "Dense_0", "kernel")][1] if blocks else 0,
         patch_size=(ph, pw),
         channels=channels,
         grid=grid,
         posemb=model.posemb if model else _posemb_from_shapes(flat),
-        posemb_prefix_tokens=posemb_prefix,
-        # (2H-1)(2W-1) is odd: an even row count means 3 class-token rows follow.
-        relpos_prefix=int(bool(relpos_rows) and relpos_rows[0] % 2 == 0),
+        num_prefix_tokens=prefixes,
         classifier=model.classifier if model else _classifier(flat),
-        num_classes=flat["head/bias"][0] if "head/bias" in flat else 0,
-        representation_size=flat["pre_logits/bias"][0] if "pre_logits/bias" in flat else None,
+        num_classes=flat[paths.join(paths.HEAD, "bias")][0] if _has(flat, paths.HEAD) else 0,
+        representation_size=flat[paths.join(paths.PRE_LOGITS, "bias")][0]
+        if _has(flat, paths.PRE_LOGITS)
+        else None,
     )
 
 
-def _grid_from_tables(flat: dict) -> tuple[int, int] | None:
-    """(h, w) from factorized row/column tables, the one stored layout that tells a non-square
-    grid."""
-    if ROW_KEY in flat and COL_KEY in flat:
-        return (flat[ROW_KEY][0], flat[COL_KEY][0])
-    return None
+def _prefix(rule: ParamRule, length: int, grid: Grid | None, known: int | None, hint: int) -> int:
+    """Class-token rows of a stored parameter: as the layout says, else as the grid makes it
+    fit, else the rule's hint."""
+    if known is not None:
+        return known
+    fitting = rule.prefix_on(length, grid) if grid else None
+    return hint if fitting is None else fitting
 
 
-def _fits(flat: dict, grid: tuple[int, int]) -> bool:
-    """Whether the grid-dependent stored shapes are those of `grid`."""
-    if POSEMB_KEY in flat:
-        class_rows = (0, 1) if "cls" in flat else (0,)
-        return flat[POSEMB_KEY][1] - grid[0] * grid[1] in class_rows
-    if ATTENTION0 + RELPOS_LEAF in flat:
-        rows = flat[ATTENTION0 + RELPOS_LEAF][0]
-        return rows in (relpos.num_relative_positions(grid, p) for p in (0, 1))
-    return True
+def _grid_from_shapes(
+    params: dict[str, tuple[ParamRule, int]], prefixes: dict[str, int], likely: Grid | None
+) -> Grid | None:
+    """The grid the stored lengths allow: the only one, else `likely` if allowed, else the
+    square one; None if none of those."""
+    allowed: set[GridCandidate] | None = None
+    for name, (rule, length) in params.items():
+        candidates = rule.candidates(length, prefixes[name])
+        allowed = candidates if allowed is None else _intersect(allowed, candidates)
+    complete = {c for c in allowed or () if None not in c}
+    if len(complete) == 1:
+        return complete.pop()
+    if likely is not None and all(
+        rule.prefix_on(length, tuple(likely)) is not None for rule, length in params.values()
+    ):
+        return tuple(likely)
+    squares = sorted(c for c in complete if c[0] == c[1])
+    return squares[0] if squares else None
 
 
-def _square(n: int) -> tuple[int, int] | None:
-    side = math.isqrt(max(n, 0))
-    return (side, side) if side and side * side == n else None
+def _intersect(a: set[GridCandidate], b: set[GridCandidate]) -> set[GridCandidate]:
+    """Grids allowed by both sets; None on an axis matches any length."""
+    out = set()
+    for ha, wa in a:
+        for hb, wb in b:
+            if None not in (ha, hb) and ha != hb or None not in (wa, wb) and wa != wb:
+                continue
+            out.add((ha if ha is not None else hb, wa if wa is not None else wb))
+    return out
 
 
-def _grid_from_relpos(rows: int) -> tuple[int, int] | None:
-    """Square grid of a bias table with (2H-1)² rows, plus 3 if it has class-token rows."""
-    offsets = _square(rows - 3 * (rows % 2 == 0))
-    return None if offsets is None else ((offsets[0] + 1) // 2,) * 2
-
-
-def _posemb_prefix(flat: dict, meta: dict, model, grid) -> int | None:
-    """Class-token rows of the stored learned position embedding."""
-    if POSEMB_KEY not in flat:
-        return None
-    if model is not None:
-        return model.num_prefix if model.posemb_cls_slot else 0
-    if meta.get("posemb_prefix_tokens") is not None:
-        return meta["posemb_prefix_tokens"]
-    rows = flat[POSEMB_KEY][1]
-    if grid is not None:
-        return rows - grid[0] * grid[1]
-    return 1 if "cls" in flat else 0  # the official layout: a class token has a slot
+def _has(flat: dict, scope: str) -> bool:
+    return any(paths.top(k) == scope for k in flat)
 
 
 def _posemb_from_shapes(flat: dict) -> str:
-    additive = "fixed or none"
-    if POSEMB_KEY in flat:
-        additive = "learned"
-    elif ROW_KEY in flat:
-        additive = "factorized"
-    for leaf, name in ((RELPOS_LEAF, "relative"), ("rope_frequencies", "rope_mixed")):
-        if ATTENTION0 + leaf in flat:
-            return name if additive == "fixed or none" else f"{additive}+{name}"
-    return additive
+    """The variants the stored parameters show, e.g. "learned+relative"."""
+    shown = {PARAM_RULES[paths.leaf(k)].variant for k in flat if paths.leaf(k) in PARAM_RULES}
+    additive = [v for v in shown if not VARIANTS[v].acts_on_attention]
+    attention = [v for v in shown if VARIANTS[v].acts_on_attention]
+    name = additive[0] if additive else "fixed or none"
+    if attention:
+        return attention[0] if not additive else f"{name}+{attention[0]}"
+    return name
 
 
 def _classifier(flat: dict) -> str:
-    if "cls" in flat:
+    if paths.CLS in flat:
         return "token"
-    return "map" if any(k.startswith("MAPHead_0/") for k in flat) else "gap"
+    return "map" if _has(flat, paths.MAP_HEAD) else "gap"

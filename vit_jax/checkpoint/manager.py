@@ -1,9 +1,8 @@
 """Orbax checkpoints of a training run: state, data-iterator position and config, together.
 
-Layout: WORKDIR/checkpoints/<step>/{state, data, config}
-  state   the train state dict (params, opt_state, step, rng), saved as replicated global arrays
-  data    the grain iterator's position (per process), so a resume reads exactly the next batch
-  config  the resolved config as JSON (read by `vit_jax.tools.inspect` and `init_from`)
+The layout (WORKDIR/checkpoints/<step>/{state, data, config}) is in checkpoint/layout.py. The
+data-iterator position lets a resume read exactly the next batch; the config is read by
+`vit_jax.tools.inspect` and `init_from`.
 
 Saves are asynchronous: training goes on while the files are written; a step directory only
 appears once complete (Orbax writes to a temporary directory and renames it), so a run killed
@@ -18,6 +17,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from vit_jax.checkpoint import layout
 
 
 def open_manager(workdir: str, *, keep: int, save_every: int) -> ocp.CheckpointManager:
@@ -37,13 +38,7 @@ def open_manager(workdir: str, *, keep: int, save_every: int) -> ocp.CheckpointM
         create=True,
     )
     return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
-        options=options,
-        item_handlers={
-            "state": ocp.StandardCheckpointHandler(),
-            "data": grain.checkpoint.CheckpointHandler(),
-            "config": ocp.JsonCheckpointHandler(),
-        },
+        layout.checkpoints_dir(workdir), options=options, item_handlers=layout.item_handlers()
     )
 
 
@@ -57,22 +52,16 @@ def save(
     force: bool = False,
 ) -> bool:
     """Starts an asynchronous save of `state` and the iterator position; False if not due."""
-    return manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
-            config=ocp.args.JsonSave(config),
-        ),
-        force=force,
-    )
+    return manager.save(step, args=layout.save_args(state, data_iterator, config), force=force)
 
 
 def data_position_saved(manager: ocp.CheckpointManager, step: int) -> bool:
     """True if `step` holds this process's iterator position (grain writes one file per process
     named process_{i}-of-{n}.json; a run on another number of processes finds none)."""
-    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    return (manager.directory / str(step) / "data" / name).exists()
+    step_dir = str(manager.directory / str(step))
+    return os.path.exists(
+        layout.data_position_file(step_dir, jax.process_index(), jax.process_count())
+    )
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator):
@@ -85,22 +74,21 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
     step = manager.latest_step()
     if step is None:
         return None
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    items = {layout.STATE: ocp.args.StandardRestore(abstract_state)}
     if data_position_saved(manager, step):
-        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        items[layout.DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
     else:
         logging.warning(
             "checkpoint %d was written by another number of processes: the data iterator "
             "starts afresh (training is no longer bit-identical to an uninterrupted run).",
             step,
         )
-    return manager.restore(step, args=ocp.args.Composite(**items))["state"]
+    return manager.restore(step, args=ocp.args.Composite(**items))[layout.STATE]
 
 
 def stored_config(manager: ocp.CheckpointManager, step: int) -> dict:
     """The config JSON saved with checkpoint `step` ({} if it has none)."""
     try:
-        restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return layout.read_config(str(manager.directory / str(step))) or {}
     except (FileNotFoundError, KeyError, ValueError):
         return {}
-    return restored["config"] or {}

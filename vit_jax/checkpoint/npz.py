@@ -28,18 +28,20 @@ import zlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from vit_jax.checkpoint.errors import UnreadableCheckpointError
+from vit_jax.models import paths
+from vit_jax.models.posemb import learned
 from vit_jax.models.scan import unscan_params
 
 PREFIXES = ("", "params/", "params/img/", "opt/target/")
 CONFIG_KEY = "vit_jax_config"
-_ANCHOR = "embedding/kernel"
+_ANCHOR = paths.PATCH_KERNEL
+_POSEMB_KEY = paths.join(paths.TRANSFORMER, paths.POSEMB_SCOPE, learned.PARAM)
 # big_vision keeps the learned position embedding outside the encoder.
 _RELOCATED = {
-    "pos_embedding": "Transformer/posembed_input/pos_embedding",
-    "Transformer/pos_embedding": "Transformer/posembed_input/pos_embedding",
+    learned.PARAM: _POSEMB_KEY,
+    paths.join(paths.TRANSFORMER, learned.PARAM): _POSEMB_KEY,
 }
 # Linen's automatic names inside an encoder block -> the pre-Linen names the model uses.
 # LayerNorm_0 means the same in both; the other Linen names never occur in pre-Linen files.
@@ -103,13 +105,13 @@ def _layout(path: str, keys: list[str]) -> tuple[dict[str, str], dict]:
         if not key.startswith(prefix) or key == CONFIG_KEY:
             continue
         ours = _RELOCATED.get(key[len(prefix) :], key[len(prefix) :])
-        parts = ours.split("/")
-        if len(parts) > 2 and parts[0] == "Transformer" and parts[1].startswith("encoderblock"):
+        parts = ours.split(paths.SEP)
+        if len(parts) > 2 and _is_block(parts):
             linen = linen or parts[2] in _LINEN_TO_PRE_LINEN
             parts[2] = _LINEN_TO_PRE_LINEN.get(parts[2], parts[2])
-        mapping[key] = "/".join(parts)
+        mapping[key] = paths.join(*parts)
     relocated = any(prefix + k in keys for k in _RELOCATED)
-    scanned = any(k.startswith("Transformer/encoderblock/") for k in mapping.values())
+    scanned = any(_is_block(k.split(paths.SEP)[:2], scanned=True) for k in mapping.values())
     meta = {
         "path": path,
         "format": "npz",
@@ -118,14 +120,20 @@ def _layout(path: str, keys: list[str]) -> tuple[dict[str, str], dict]:
         "naming": "linen" if linen else "pre-linen",
         "scanned": scanned,
         "step": None,
-        # big_vision's top-level pos_embedding never has a class-token row.
-        "posemb_prefix_tokens": 0 if relocated else None,
+        # Class-token rows of grid parameters that the layout fixes: big_vision's top-level
+        # pos_embedding never has one.
+        "num_prefix_tokens": {learned.PARAM: 0} if relocated else {},
     }
     return mapping, meta
 
 
-def _unflatten(flat: dict[str, object]) -> dict:
-    return traverse_util.unflatten_dict(flat, sep="/")
+def _is_block(parts: list[str], scanned: bool = False) -> bool:
+    """Whether a key's first names are an encoder block's (only the stacked one if `scanned`)."""
+    if len(parts) < 2 or parts[0] != paths.TRANSFORMER:
+        return False
+    return parts[1] == paths.SCANNED_BLOCK or (
+        not scanned and paths.block_index(parts[1]) is not None
+    )
 
 
 def read_npz_shapes(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -136,7 +144,7 @@ def read_npz_shapes(path: str | os.PathLike) -> tuple[dict, dict]:
     headers = _headers(path)
     mapping, meta = _layout(path, list(headers))
     meta["config"] = _read_config(path) if CONFIG_KEY in headers else None
-    return _unflatten({ours: headers[key] for key, ours in mapping.items()}), meta
+    return paths.unflatten({ours: headers[key] for key, ours in mapping.items()}), meta
 
 
 def load_npz(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -150,7 +158,7 @@ def load_npz(path: str | os.PathLike) -> tuple[dict, dict]:
             flat = {ours: archive[key] for key, ours in mapping.items()}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as e:
         raise _open_error(path, e) from e
-    return _unflatten(flat), meta
+    return paths.unflatten(flat), meta
 
 
 def _read_config(path: str) -> dict | None:
@@ -167,13 +175,13 @@ def export_npz(path: str | os.PathLike, params: dict, *, config: dict | None = N
     written to a temporary name and renamed, so a reader never sees half a file.
     """
     path = os.fspath(path)
-    if "embedding" not in params:
+    if paths.EMBEDDING not in params:
         raise ValueError(
             "export_npz expects the model's parameter tree (with 'embedding', 'Transformer', "
             f"...), got keys {sorted(params)}; pass variables['params'], not the variables."
         )
-    flat = traverse_util.flatten_dict(unscan_params(params))
-    arrays = {"/".join(k): _as_float32(v) for k, v in flat.items()}
+    flat = paths.flatten(unscan_params(params))
+    arrays = {k: _as_float32(v) for k, v in flat.items()}
     if config is not None:
         arrays[CONFIG_KEY] = np.asarray(json.dumps(config))
     tmp = f"{path}.tmp"

@@ -14,6 +14,7 @@ import jax
 from vit_jax.checkpoint import adapt
 from vit_jax.checkpoint.npz import load_npz, read_npz_shapes
 from vit_jax.checkpoint.orbax_params import load_orbax_params, read_orbax_shapes
+from vit_jax.checkpoint.report import Report
 from vit_jax.models import VisionTransformer
 
 
@@ -32,7 +33,8 @@ def checkpoint_shapes(path: str | os.PathLike) -> tuple[dict, dict]:
     """(shapes, meta) of a checkpoint without reading its arrays: nested ShapeDtypeStructs in
     this package's parameter names (per-block or scanned, as stored), and a metadata dict with
     `path`, `format` ("npz" | "orbax"), `layout` ("official" | "big_vision" | "vit_jax"),
-    `naming`, `scanned`, `step`, `posemb_prefix_tokens` and `config` (the stored config or None).
+    `naming`, `scanned`, `step`, `num_prefix_tokens` (class-token rows of grid parameters that
+    the layout fixes, by leaf name) and `config` (the stored config or None).
     """
     path = os.fspath(path)
     return read_orbax_shapes(path) if _is_orbax(path) else read_npz_shapes(path)
@@ -57,7 +59,7 @@ def restore_into(
     old_grid: tuple[int, int] | None = None,
     sharding: jax.sharding.Sharding | None = None,
     verbose: bool = True,
-) -> tuple[dict, adapt.Report]:
+) -> tuple[dict, Report]:
     """Parameters for `model` from the checkpoint at `path`, adapted and placed on devices.
 
     The stored shapes are checked against the model first (a checkpoint of another architecture

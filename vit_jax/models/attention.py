@@ -1,9 +1,10 @@
-"""Multi-head dot-product attention with the hooks that position-embedding variants need.
+"""Multi-head dot-product attention with the hooks that attention-level position embeddings use.
 
 Parameters follow Flax's MultiHeadDotProductAttention (and so the official checkpoints):
 `query`, `key`, `value` kernels [D, heads, head_dim] with biases [heads, head_dim], and `out`
-[heads, head_dim, D]. Hooks: a relative position bias added to the logits (`relative`) and
-rotary embeddings applied to q and k (`rope_axial`, `rope_mixed`).
+[heads, head_dim, D]. An attention variant (`posemb/`: `relative`, `rope_axial`, `rope_mixed`)
+may rotate q and k (`Variant.rotate`) and add a bias to the logits (`Variant.bias`); its
+parameters live in this module's scope.
 
 When the caller makes the `intermediates` collection mutable, the module sows its pre-softmax
 `attention_logits` and post-softmax `attention_weights`, both [B, heads, N_q, N_k].
@@ -17,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models import relpos, rope
+from vit_jax.models.posemb import VARIANTS, Position
 
 
 class Attention(nn.Module):
@@ -25,17 +26,13 @@ class Attention(nn.Module):
 
     Attributes:
       num_heads: number of heads; D must be divisible by it.
-      position: None, "relative", "rope_axial" or "rope_mixed".
-      grid: patch grid (h, w) of the keys/queries, for position variants.
-      num_prefix: leading non-patch tokens (class token) in the sequence.
-      rope_theta: base θ of the rotary frequencies.
+      posemb: the attention-level position embedding (a name in posemb.ATTENTION_POSEMBS), or
+        None; `position` says where the patch tokens sit for it.
     """
 
     num_heads: int
-    position: str | None = None
-    grid: tuple[int, int] = (1, 1)
-    num_prefix: int = 0
-    rope_theta: float = 100.0
+    posemb: str | None = None
+    position: Position | None = None
     dropout_rate: float = 0.0
     deterministic: bool = True
     dtype: jnp.dtype = jnp.float32
@@ -57,15 +54,14 @@ class Attention(nn.Module):
         k = dense(name="key")(inputs_kv)
         v = dense(name="value")(inputs_kv)
 
-        if self.position in rope.ROPE_POSEMBS:
-            angles = self._rope_angles(head_dim)
-            q = rope.rotate(q, angles, self.num_prefix)
-            k = rope.rotate(k, angles, self.num_prefix)
+        variant = VARIANTS[self.posemb] if self.posemb else None
+        if variant is not None and variant.rotate is not None:
+            q, k = variant.rotate(self, self.position, q, k)
 
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
         logits = logits.astype(jnp.float32)
-        if self.position == "relative":
-            logits = logits + self._relative_bias()[None]
+        if variant is not None and variant.bias is not None:
+            logits = logits + variant.bias(self, self.position, self.num_heads)[None]
         self.sow("intermediates", "attention_logits", logits)
         weights = jax.nn.softmax(logits, axis=-1)
         self.sow("intermediates", "attention_weights", weights)
@@ -80,26 +76,3 @@ class Attention(nn.Module):
             param_dtype=self.param_dtype,
             name="out",
         )(out)
-
-    def _rope_angles(self, head_dim: int) -> jax.Array:
-        """Rotation angles of the patch tokens: [N, d/2] (axial) or [N, heads, d/2] (mixed)."""
-        if self.position == "rope_axial":
-            return jnp.asarray(rope.axial_angles(self.grid, head_dim, self.rope_theta))
-        frequencies = self.param(
-            "rope_frequencies",
-            rope.mixed_frequencies_init(self.rope_theta),
-            (2, self.num_heads, head_dim // 2),
-            self.param_dtype,
-        )
-        return rope.mixed_angles(self.grid, frequencies)
-
-    def _relative_bias(self) -> jax.Array:
-        """Bias [heads, N, N] gathered from the learned table."""
-        table = self.param(
-            "relative_position_bias_table",
-            nn.initializers.truncated_normal(stddev=0.02),
-            (relpos.num_relative_positions(self.grid, self.num_prefix), self.num_heads),
-            self.param_dtype,
-        )
-        index = relpos.relative_position_index(self.grid, self.num_prefix)
-        return jnp.transpose(table[index].astype(jnp.float32), (2, 0, 1))

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models.resize import resize_matrix
+from vit_jax.options import unknown_choice
 
 PATCH_EMBEDS = ("conv", "linear")
 
@@ -40,7 +41,7 @@ class PatchEmbed(nn.Module):
 
     hidden_size: int
     patch_size: tuple[int, int]
-    kind: str = "conv"
+    patch_embed: str = "conv"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -56,7 +57,7 @@ class PatchEmbed(nn.Module):
         )
         bias = self.param("bias", nn.initializers.zeros, (self.hidden_size,), self.param_dtype)
         images, kernel, bias = nn.dtypes.promote_dtype(images, kernel, bias, dtype=self.dtype)
-        if self.kind == "conv":
+        if self.patch_embed == "conv":
             x = jax.lax.conv_general_dilated(
                 images,
                 kernel,
@@ -64,10 +65,10 @@ class PatchEmbed(nn.Module):
                 padding="VALID",
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
             )
-        elif self.kind == "linear":
+        elif self.patch_embed == "linear":
             x = jnp.einsum("bhwpqc,pqcd->bhwd", patchify(images, self.patch_size), kernel)
         else:
-            raise ValueError(f"patch_embed={self.kind!r} is unknown; use one of {PATCH_EMBEDS}.")
+            raise unknown_choice("patch_embed", self.patch_embed, PATCH_EMBEDS)
         return x + bias
 
 

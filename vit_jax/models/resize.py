@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.options import unknown_choice
+
 JAX_METHODS = ("nearest", "linear", "cubic", "lanczos3", "lanczos5")
 RESIZE_METHODS = (*JAX_METHODS, "cubic-pytorch")
 _PYTORCH_CUBIC_A = -0.75
@@ -28,7 +30,7 @@ _PYTORCH_CUBIC_A = -0.75
 def check_method(method: str) -> None:
     """Raises ValueError naming the valid methods if `method` is unknown."""
     if method not in RESIZE_METHODS:
-        raise ValueError(f"resize method={method!r} is unknown; use one of {RESIZE_METHODS}.")
+        raise unknown_choice("resize method", method, RESIZE_METHODS)
 
 
 def pytorch_cubic_matrix(old: int, new: int) -> np.ndarray:

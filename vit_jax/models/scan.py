@@ -7,42 +7,31 @@ Both functions are pure and work on nested dicts of arrays (numpy or jax).
 
 from __future__ import annotations
 
-import re
-
 import jax
 import jax.numpy as jnp
 
-_BLOCK = re.compile(r"^encoderblock_(\d+)$")
-
-
-def num_blocks(transformer: dict) -> int:
-    """Number of per-block entries `encoderblock_{i}` in a `Transformer` params dict."""
-    return sum(1 for k in transformer if _BLOCK.match(k))
-
-
-def is_scanned(params: dict) -> bool:
-    """True if the `Transformer` subtree holds one stacked `encoderblock`."""
-    return "encoderblock" in params.get("Transformer", {})
+from vit_jax.models import paths
+from vit_jax.models.paths import SCANNED_BLOCK, TRANSFORMER, is_scanned
 
 
 def scan_params(params: dict) -> dict:
     """Per-block -> scanned: stacks `encoderblock_{i}` into `encoderblock` [depth, ...]."""
-    transformer = dict(params["Transformer"])
-    depth = num_blocks(transformer)
-    if depth == 0:
+    transformer = dict(params[TRANSFORMER])
+    names = paths.block_names(transformer)
+    if not names:
         return params
-    blocks = [transformer.pop(f"encoderblock_{i}") for i in range(depth)]
-    transformer["encoderblock"] = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
-    return {**params, "Transformer": transformer}
+    blocks = [transformer.pop(name) for name in names]
+    transformer[SCANNED_BLOCK] = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+    return {**params, TRANSFORMER: transformer}
 
 
 def unscan_params(params: dict) -> dict:
     """Scanned -> per-block: splits `encoderblock` [depth, ...] into `encoderblock_{i}`."""
     if not is_scanned(params):
         return params
-    transformer = dict(params["Transformer"])
-    stacked = transformer.pop("encoderblock")
+    transformer = dict(params[TRANSFORMER])
+    stacked = transformer.pop(SCANNED_BLOCK)
     depth = jax.tree.leaves(stacked)[0].shape[0]
     for i in range(depth):
-        transformer[f"encoderblock_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
-    return {**params, "Transformer": transformer}
+        transformer[paths.block_name(i)] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    return {**params, TRANSFORMER: transformer}

@@ -19,7 +19,6 @@ Inspection: apply with `mutable=["intermediates"]` to get every layer's `attenti
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 
 import flax.linen as nn
@@ -27,14 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models import posemb as posemb_lib
-from vit_jax.models import rope
+from vit_jax.models import paths
+from vit_jax.models import posemb as posembs
 from vit_jax.models.attention import Attention
 from vit_jax.models.patch_embed import PATCH_EMBEDS, PatchEmbed
+from vit_jax.models.posemb import POSEMBS, VARIANTS, Position, split_posemb
+from vit_jax.models.posemb.factorized import MODES as FACTORIZED_MODES
+from vit_jax.options import option, options_of, out_of_range, unknown_field
 
-ATTENTION_POSEMBS = ("relative", *rope.ROPE_POSEMBS)
-# Every single variant; an additive and an attention one may also be joined: "learned+rope_axial".
-POSEMBS = (*posemb_lib.ADDITIVE_POSEMBS, *ATTENTION_POSEMBS)
 CLASSIFIERS = ("token", "gap", "map", "unpooled")
 ACTIVATIONS = {
     "gelu_tanh": functools.partial(nn.gelu, approximate=True),
@@ -47,26 +46,6 @@ REMAT_POLICIES = {
     "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "everything_saveable": jax.checkpoint_policies.everything_saveable,
 }
-
-
-def split_posemb(posemb: str) -> tuple[str, str | None]:
-    """'learned+rope_axial' -> ('learned', 'rope_axial'); 'relative' -> ('none', 'relative').
-
-    A position embedding is at most one additive variant plus at most one attention-level variant.
-    """
-    additive, attention = "none", None
-    for part in posemb.split("+"):
-        if part in posemb_lib.ADDITIVE_POSEMBS and additive == "none" and part != "none":
-            additive = part
-        elif part in ATTENTION_POSEMBS and attention is None:
-            attention = part
-        elif part != "none" or "+" in posemb:
-            raise ValueError(
-                f"posemb={posemb!r} is not a valid position embedding: use one of "
-                f"{posemb_lib.ADDITIVE_POSEMBS + ATTENTION_POSEMBS}, or one additive and one "
-                f"attention variant joined by '+', e.g. 'learned+rope_axial'."
-            )
-    return additive, attention
 
 
 def drop_path(x: jax.Array, rate, rng: jax.Array) -> jax.Array:
@@ -102,18 +81,18 @@ class MlpBlock(nn.Module):
         return nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
 
 
-class EncoderBlock(nn.Module):
-    """Pre-LN block: x + Attn(LN(x)), then x + MLP(LN(x)), each branch with stochastic depth.
+@dataclasses.dataclass(frozen=True)
+class BlockSettings:
+    """What every encoder block shares (see VisionTransformer for the meaning of each field).
 
-    Called as block(x, drop_path_rate) -> (x, None) so that nn.scan can stack it.
+    posemb: the attention-level position embedding, or None; `position` places the patch
+    tokens for it. deterministic: no dropout or stochastic depth (evaluation).
     """
 
     num_heads: int
     mlp_dim: int
-    position: str | None
-    grid: tuple[int, int]
-    num_prefix: int
-    rope_theta: float
+    posemb: str | None
+    position: Position
     activation: str
     dropout_rate: float
     attention_dropout_rate: float
@@ -122,45 +101,50 @@ class EncoderBlock(nn.Module):
     dtype: jnp.dtype
     param_dtype: jnp.dtype
 
+
+class EncoderBlock(nn.Module):
+    """Pre-LN block: x + Attn(LN(x)), then x + MLP(LN(x)), each branch with stochastic depth.
+
+    Called as block(x, drop_path_rate) -> (x, None) so that nn.scan can stack it.
+    """
+
+    settings: BlockSettings
+
     @nn.compact
     def __call__(self, x: jax.Array, drop_path_rate) -> tuple[jax.Array, None]:
+        s = self.settings
         norm = functools.partial(
-            nn.LayerNorm,
-            epsilon=self.layernorm_epsilon,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
+            nn.LayerNorm, epsilon=s.layernorm_epsilon, dtype=s.dtype, param_dtype=s.param_dtype
         )
-        y = norm(name="LayerNorm_0")(x)
+        y = norm(name=paths.BLOCK_NORM_1)(x)
         y = Attention(
-            num_heads=self.num_heads,
-            position=self.position,
-            grid=self.grid,
-            num_prefix=self.num_prefix,
-            rope_theta=self.rope_theta,
-            dropout_rate=self.attention_dropout_rate,
-            deterministic=self.deterministic,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="MultiHeadDotProductAttention_1",
+            num_heads=s.num_heads,
+            posemb=s.posemb,
+            position=s.position,
+            dropout_rate=s.attention_dropout_rate,
+            deterministic=s.deterministic,
+            dtype=s.dtype,
+            param_dtype=s.param_dtype,
+            name=paths.BLOCK_ATTENTION,
         )(y)
-        y = nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
+        y = nn.Dropout(s.dropout_rate)(y, deterministic=s.deterministic)
         x = x + self._drop_path(y, drop_path_rate)
-        y = norm(name="LayerNorm_2")(x)
+        y = norm(name=paths.BLOCK_NORM_2)(x)
         y = MlpBlock(
-            mlp_dim=self.mlp_dim,
-            activation=self.activation,
-            dropout_rate=self.dropout_rate,
-            deterministic=self.deterministic,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="MlpBlock_3",
+            mlp_dim=s.mlp_dim,
+            activation=s.activation,
+            dropout_rate=s.dropout_rate,
+            deterministic=s.deterministic,
+            dtype=s.dtype,
+            param_dtype=s.param_dtype,
+            name=paths.BLOCK_MLP,
         )(y)
         x = x + self._drop_path(y, drop_path_rate)
         self.sow("intermediates", "tokens", x)
         return x, None
 
     def _drop_path(self, y: jax.Array, rate) -> jax.Array:
-        if self.deterministic or (isinstance(rate, float) and rate == 0.0):
+        if self.settings.deterministic or (isinstance(rate, float) and rate == 0.0):
             return y
         return drop_path(y, rate, self.make_rng("dropout"))
 
@@ -206,62 +190,97 @@ class MAPHead(nn.Module):
         return x[:, 0]
 
 
+class AddPositionEmbedding(nn.Module):
+    """Adds the additive position embedding `posemb` (a name in posemb.ADDITIVE_POSEMBS) to the
+    tokens [B, num_prefix_tokens + h*w, D]; named "posembed_input", where its parameters live."""
+
+    posemb: str
+    position: Position
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return VARIANTS[self.posemb].add(self, self.position, x)
+
+
 class VisionTransformer(nn.Module):
     """ViT classifier: images [B, H, W, C] in [-1, 1] -> logits [B, num_classes].
 
     Build it with `vit_jax.models.create("B/16", num_classes=..., image_size=...)`; every field
-    below can be overridden there. Invalid combinations raise ValueError at construction.
-
-    Attributes:
-      num_classes: classes of the head; 0 returns the pooled features [B, D] instead of logits.
-      image_size: (H, W) of the input; the patch grid is (H / ph, W / pw).
-      patch_size: (ph, pw).
-      hidden_size, num_layers, num_heads, mlp_dim: encoder dimensions (see models/zoo.py).
-      patch_embed: "conv" (strided conv) or "linear" (reshape + dense); same parameters.
-      posemb: "none", "learned", "sincos1d", "sincos2d", "factorized", "relative",
-        "rope_axial", "rope_mixed", or an additive and an attention one joined by "+".
-      posemb_cls_slot: learned embedding has a row for the class token (official layout).
-      posemb_factorized: "concat" or "sum" for the factorized variant.
-      posemb_temperature: T of the sinusoidal variants.
-      rope_theta: θ of the rotary variants (rope-vit uses 100 axial, 10 mixed; EVA-02 10000).
-      classifier: "token", "gap" (mean of tokens), "map" (attention pooling) or "unpooled"
-        (per-token logits [B, N, K]).
-      representation_size: if set, a Dense + tanh "pre_logits" layer of that width.
-      dropout_rate, attention_dropout_rate: dropout probabilities (train only).
-      stochastic_depth: drop-path rate of the last block; it rises linearly from 0 at block 0.
-      activation: "gelu_tanh" (official ViT, big_vision) or "gelu" (exact, timm/HF).
-      layernorm_epsilon: 1e-6 as in the official ViT.
-      head_bias_init: initial value of the head bias (the head kernel starts at zero).
-      scan: run the blocks under nn.scan (one stacked "encoderblock"), with remat.
-      remat_policy: checkpoint policy under scan, see REMAT_POLICIES ("none" turns remat off).
-      dtype: compute dtype (e.g. "bfloat16"); param_dtype: storage dtype of parameters.
+    below can be overridden there. Invalid combinations raise ValueError at construction. Each
+    field's help, allowed values and default are declared with it (`vit_jax.options`).
+    `posemb`'s variants are listed in `vit_jax/models/posemb/`.
     """
 
-    num_classes: int
-    image_size: tuple[int, int]
-    patch_size: tuple[int, int]
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    mlp_dim: int
-    patch_embed: str = "conv"
-    posemb: str = "learned"
-    posemb_cls_slot: bool = True
-    posemb_factorized: str = "concat"
-    posemb_temperature: float = 10_000.0
-    rope_theta: float = 100.0
-    classifier: str = "token"
-    representation_size: int | None = None
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    stochastic_depth: float = 0.0
-    activation: str = "gelu_tanh"
-    layernorm_epsilon: float = 1e-6
-    head_bias_init: float = 0.0
-    scan: bool = False
-    remat_policy: str = "nothing_saveable"
-    dtype: str | jnp.dtype = "float32"
-    param_dtype: str | jnp.dtype = "float32"
+    num_classes: int = option(
+        help="classes of the head; 0 returns pooled features [B, D]", low=0, type=int
+    )
+    image_size: tuple[int, int] = option(help="(H, W) of the input images")
+    patch_size: tuple[int, int] = option(help="(ph, pw); the patch grid is (H / ph, W / pw)")
+    hidden_size: int = option(
+        help="token width D (set by the variant, e.g. 'B/16')", low=1, type=int
+    )
+    num_layers: int = option(help="encoder blocks", low=1, type=int)
+    num_heads: int = option(help="attention heads; must divide hidden_size", low=1, type=int)
+    mlp_dim: int = option(help="hidden width of each block's MLP", low=1, type=int)
+    patch_embed: str = option(
+        "conv", "strided conv or reshape + dense; same parameters", choices=PATCH_EMBEDS
+    )
+    posemb: str = option(
+        "learned",
+        f"position embedding: one of {POSEMBS}, or an additive and an attention one joined by '+'",
+    )
+    posemb_cls_slot: bool = option(
+        True, "learned table has a class-token row (official layout; False: big_vision's)"
+    )
+    posemb_factorized: str = option(
+        "concat", "how `factorized` joins its row and column tables", choices=FACTORIZED_MODES
+    )
+    posemb_temperature: float = option(
+        10_000.0, "temperature T of the sinusoidal variants", low=0, low_open=True
+    )
+    rope_theta: float = option(
+        100.0,
+        "θ of the rotary variants (rope-vit: 100 axial, 10 mixed; EVA-02 10000)",
+        low=0,
+        low_open=True,
+    )
+    classifier: str = option(
+        "token",
+        "pooling: class token, mean of tokens, attention pooling, or per-token logits",
+        choices=CLASSIFIERS,
+    )
+    representation_size: int | None = option(
+        None, "width of a Dense + tanh 'pre_logits' layer before the head", type=int, low=1
+    )
+    dropout_rate: float = option(
+        0.0, "dropout probability (training only)", low=0, high=1, high_open=True
+    )
+    attention_dropout_rate: float = option(
+        0.0, "dropout probability on the attention weights", low=0, high=1, high_open=True
+    )
+    stochastic_depth: float = option(
+        0.0,
+        "drop-path rate of the last block, rising linearly from 0 at block 0",
+        low=0,
+        high=1,
+        high_open=True,
+    )
+    activation: str = option(
+        "gelu_tanh",
+        "MLP activation: tanh-approximated (official ViT) or exact GELU (timm)",
+        choices=tuple(ACTIVATIONS),
+    )
+    layernorm_epsilon: float = option(1e-6, "LayerNorm epsilon", low=0, low_open=True)
+    head_bias_init: float = option(0.0, "initial head bias (the head kernel starts at zero)")
+    scan: bool = option(False, "run the blocks under nn.scan (one stacked 'encoderblock')")
+    remat_policy: str = option(
+        "nothing_saveable",
+        "rematerialisation policy under scan ('none': no remat)",
+        choices=tuple(REMAT_POLICIES),
+    )
+    dtype: str | jnp.dtype = option("float32", "compute dtype, e.g. 'bfloat16'", type=None)
+    param_dtype: str | jnp.dtype = option("float32", "storage dtype of the parameters", type=None)
 
     def __post_init__(self):
         # Accept an int for square images and patches, as create() does.
@@ -276,7 +295,7 @@ class VisionTransformer(nn.Module):
         return (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
 
     @property
-    def num_prefix(self) -> int:
+    def num_prefix_tokens(self) -> int:
         """Number of tokens before the patch tokens: 1 with a class token, else 0."""
         return 1 if self.classifier == "token" else 0
 
@@ -293,43 +312,26 @@ class VisionTransformer(nn.Module):
         x = PatchEmbed(
             hidden_size=self.hidden_size,
             patch_size=self.patch_size,
-            kind=self.patch_embed,
+            patch_embed=self.patch_embed,
             dtype=dtype,
             param_dtype=param_dtype,
-            name="embedding",
+            name=paths.EMBEDDING,
         )(images)
         b, h, w, d = x.shape
         x = x.reshape(b, h * w, d)
         if self.classifier == "token":
-            cls = self.param("cls", nn.initializers.zeros, (1, 1, d), param_dtype)
+            cls = self.param(paths.CLS, nn.initializers.zeros, (1, 1, d), param_dtype)
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
 
         additive, attention = split_posemb(self.posemb)
         x = Encoder(
             num_layers=self.num_layers,
-            posemb=additive,
-            posemb_cls_slot=self.posemb_cls_slot,
-            posemb_factorized=self.posemb_factorized,
-            posemb_temperature=self.posemb_temperature,
+            posemb=additive.name,
+            block=self._block_settings(attention, train, dtype, param_dtype),
             stochastic_depth=self.stochastic_depth,
             scan=self.scan,
             remat_policy=self.remat_policy,
-            block=dict(
-                num_heads=self.num_heads,
-                mlp_dim=self.mlp_dim,
-                position=attention,
-                grid=self.grid,
-                num_prefix=self.num_prefix,
-                rope_theta=self.rope_theta,
-                activation=self.activation,
-                dropout_rate=self.dropout_rate,
-                attention_dropout_rate=self.attention_dropout_rate,
-                layernorm_epsilon=self.layernorm_epsilon,
-                deterministic=not train,
-                dtype=dtype,
-                param_dtype=param_dtype,
-            ),
-            name="Transformer",
+            name=paths.TRANSFORMER,
         )(x)
 
         if self.classifier == "token":
@@ -344,11 +346,14 @@ class VisionTransformer(nn.Module):
                 layernorm_epsilon=self.layernorm_epsilon,
                 dtype=dtype,
                 param_dtype=param_dtype,
-                name="MAPHead_0",
+                name=paths.MAP_HEAD,
             )(x)
         if self.representation_size is not None:
             x = nn.Dense(
-                self.representation_size, dtype=dtype, param_dtype=param_dtype, name="pre_logits"
+                self.representation_size,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                name=paths.PRE_LOGITS,
             )(x)
             x = jnp.tanh(x)
         if self.num_classes:
@@ -358,23 +363,48 @@ class VisionTransformer(nn.Module):
                 bias_init=nn.initializers.constant(self.head_bias_init),
                 dtype=dtype,
                 param_dtype=param_dtype,
-                name="head",
+                name=paths.HEAD,
             )(x)
         return x.astype(jnp.float32)
+
+    @property
+    def position(self) -> Position:
+        """Where the patch tokens sit, and the settings of the position embeddings."""
+        return Position(
+            grid=self.grid,
+            num_prefix_tokens=self.num_prefix_tokens,
+            posemb_cls_slot=self.posemb_cls_slot,
+            posemb_factorized=self.posemb_factorized,
+            posemb_temperature=self.posemb_temperature,
+            rope_theta=self.rope_theta,
+        )
+
+    def _block_settings(self, attention, train: bool, dtype, param_dtype) -> BlockSettings:
+        return BlockSettings(
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            posemb=attention.name if attention is not None else None,
+            position=self.position,
+            activation=self.activation,
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            layernorm_epsilon=self.layernorm_epsilon,
+            deterministic=not train,
+            dtype=dtype,
+            param_dtype=param_dtype,
+        )
 
 
 class Encoder(nn.Module):
     """Additive position embedding, dropout, the blocks and the final norm: [B, N, D] -> same.
 
-    `block` holds the EncoderBlock fields shared by all blocks (see VisionTransformer).
+    posemb: the additive variant ("none": nothing is added); `block` holds what every block
+    shares, its position settings included.
     """
 
     num_layers: int
     posemb: str
-    block: dict
-    posemb_cls_slot: bool = True
-    posemb_factorized: str = "concat"
-    posemb_temperature: float = 10_000.0
+    block: BlockSettings
     stochastic_depth: float = 0.0
     scan: bool = False
     remat_policy: str = "nothing_saveable"
@@ -383,17 +413,13 @@ class Encoder(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         blk = self.block
         if self.posemb != "none":
-            x = posemb_lib.AddPositionEmbedding(
-                kind=self.posemb,
-                grid=blk["grid"],
-                num_prefix=blk["num_prefix"],
-                cls_slot=self.posemb_cls_slot,
-                factorized_mode=self.posemb_factorized,
-                temperature=self.posemb_temperature,
-                param_dtype=blk["param_dtype"],
-                name="posembed_input",
+            x = AddPositionEmbedding(
+                posemb=self.posemb,
+                position=blk.position,
+                param_dtype=blk.param_dtype,
+                name=paths.POSEMB_SCOPE,
             )(x)
-        x = nn.Dropout(blk["dropout_rate"])(x, deterministic=blk["deterministic"])
+        x = nn.Dropout(blk.dropout_rate)(x, deterministic=blk.deterministic)
 
         rates = drop_path_rates(self.stochastic_depth, self.num_layers)
         if self.scan:
@@ -406,15 +432,15 @@ class Encoder(nn.Module):
                 split_rngs={"params": True, "dropout": True},
                 in_axes=0,
                 length=self.num_layers,
-            )(name="encoderblock", **blk)(x, jnp.asarray(rates, jnp.float32))
+            )(settings=blk, name=paths.SCANNED_BLOCK)(x, jnp.asarray(rates, jnp.float32))
         else:
             for i, rate in enumerate(rates):
-                x, _ = EncoderBlock(name=f"encoderblock_{i}", **blk)(x, float(rate))
+                x, _ = EncoderBlock(settings=blk, name=paths.block_name(i))(x, float(rate))
         return nn.LayerNorm(
-            epsilon=blk["layernorm_epsilon"],
-            dtype=blk["dtype"],
-            param_dtype=blk["param_dtype"],
-            name="encoder_norm",
+            epsilon=blk.layernorm_epsilon,
+            dtype=blk.dtype,
+            param_dtype=blk.param_dtype,
+            name=paths.ENCODER_NORM,
         )(x)
 
 
@@ -430,17 +456,15 @@ FIELDS = tuple(
 )
 
 
-def _choice(field: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{field}={value!r} is unknown; use one of {tuple(choices)}.")
-
-
 def validate(m: VisionTransformer) -> None:
-    """Raises one ValueError naming the field, its value and what would work."""
-    for field in ("hidden_size", "num_layers", "num_heads", "mlp_dim"):
-        if getattr(m, field) < 1:
-            raise ValueError(f"{field}={getattr(m, field)} must be a positive integer.")
+    """Raises one ValueError naming the field, its value and what would work: each field
+    against its declared option (type, choices, range), then the fields against each other."""
+    for opt in options_of(VisionTransformer):
+        if opt.name not in ("image_size", "patch_size"):
+            opt.check(getattr(m, opt.name))
     (ih, iw), (ph, pw) = m.image_size, m.patch_size
+    if min(ph, pw) < 1 or min(ih, iw) < 1:
+        raise out_of_range("image_size and patch_size", (m.image_size, m.patch_size), ">= 1")
     if ih % ph or iw % pw:
         raise ValueError(
             f"image_size={tuple(m.image_size)} is not divisible by "
@@ -452,10 +476,6 @@ def validate(m: VisionTransformer) -> None:
             f"hidden_size={m.hidden_size} is not divisible by num_heads={m.num_heads}: "
             "pick a number of heads that divides the width."
         )
-    _choice("patch_embed", m.patch_embed, PATCH_EMBEDS)
-    _choice("classifier", m.classifier, CLASSIFIERS)
-    _choice("activation", m.activation, ACTIVATIONS)
-    _choice("remat_policy", m.remat_policy, REMAT_POLICIES)
     for field in ("dtype", "param_dtype"):
         try:
             jnp.dtype(getattr(m, field))
@@ -463,26 +483,17 @@ def validate(m: VisionTransformer) -> None:
             raise ValueError(
                 f"{field}={getattr(m, field)!r} is not a dtype; use e.g. 'float32' or 'bfloat16'."
             ) from None
-    additive, attention = split_posemb(m.posemb)
-    posemb_lib.check_additive(additive, m.hidden_size, m.posemb_factorized)
-    head_dim = m.hidden_size // m.num_heads
-    if attention in rope.ROPE_POSEMBS and head_dim % 4:
-        raise ValueError(
-            f"posemb={m.posemb!r} rotates x and y in halves of channel pairs, so the head "
-            f"dimension hidden_size / num_heads must be divisible by 4; got "
-            f"{m.hidden_size} / {m.num_heads} = {head_dim}. Change num_heads or hidden_size."
-        )
-    if not 0.0 <= m.stochastic_depth < 1.0:
-        raise ValueError(f"stochastic_depth={m.stochastic_depth} must be in [0, 1).")
-    if m.num_classes < 0:
-        raise ValueError(f"num_classes={m.num_classes} must be >= 0 (0: no head).")
+    posembs.check(m)
 
 
 def as_pair(value: int | tuple[int, int] | list[int], field: str) -> tuple[int, int]:
-    """An int or a 2-sequence -> (rows, cols)."""
-    if isinstance(value, int):
+    """An int or a 2-sequence of ints -> (rows, cols)."""
+    if isinstance(value, int) and not isinstance(value, bool):
         return (value, value)
-    pair = tuple(int(v) for v in value)
+    try:
+        pair = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        pair = ()
     if len(pair) != 2:
         raise ValueError(f"{field}={value!r} must be an int or a pair (rows, cols).")
     return pair
@@ -504,11 +515,7 @@ def create(
 
     unknown = [k for k in overrides if k not in FIELDS]
     if unknown:
-        hints = {k: difflib.get_close_matches(k, FIELDS, n=1) for k in unknown}
-        hint = "; ".join(
-            f"{k!r}" + (f" (did you mean {v[0]!r}?)" if v else "") for k, v in hints.items()
-        )
-        raise ValueError(f"unknown model field {hint}. Valid fields: {', '.join(FIELDS)}.")
+        raise unknown_field(f"model.{unknown[0]}", FIELDS)
     fields = decode_variant(variant)
     fields.update(overrides)
     fields["image_size"] = as_pair(image_size, "image_size")

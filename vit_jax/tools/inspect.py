@@ -15,8 +15,10 @@ import math
 import sys
 
 from vit_jax.checkpoint import architecture
-from vit_jax.checkpoint.adapt import flat_shapes, format_table, per_block_shapes
+from vit_jax.checkpoint.adapt import per_block_shapes
+from vit_jax.checkpoint.report import format_table
 from vit_jax.checkpoint.restore import checkpoint_shapes
+from vit_jax.models import paths
 from vit_jax.tools import run
 
 
@@ -24,14 +26,14 @@ def describe(path: str) -> str:
     """The text `inspect` prints for the checkpoint at `path`."""
     shapes, meta = checkpoint_shapes(path)
     arch = architecture.infer(per_block_shapes(shapes), meta)
-    flat = flat_shapes(shapes)
+    flat = paths.shapes(shapes)
     where = f"{meta['format']} checkpoint" + (
         f", step {meta['step']}" if meta["step"] is not None else ""
     )
     layout = f"{meta['layout']} layout, {meta['naming']} names, "
     layout += "scanned blocks" if meta["scanned"] else "per-block"
     count = sum(math.prod(s) for s in flat.values())
-    rows = collections.Counter((architecture.block_pattern(k), str(s)) for k, s in flat.items())
+    rows = collections.Counter((paths.block_pattern(k), str(s)) for k, s in flat.items())
     tree = [(key + (f" (x{n})" if n > 1 else ""), shape) for (key, shape), n in rows.items()]
     return "\n".join(
         [

@@ -11,16 +11,20 @@ patches is a function of their 2D offset. Prefix (class) tokens are not rotated;
   and head (`rope_frequencies`, [2, heads, d/2]), initialised with magnitudes θ^(-4k/d) along a
   random direction per head (and its perpendicular), as in Heo et al. 2024.
 
-At a new resolution positions simply extend: nothing in a checkpoint needs resizing.
+θ is the `rope_theta` model field. At a new resolution positions simply extend: nothing in a
+checkpoint needs resizing.
 """
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROPE_POSEMBS = ("rope_axial", "rope_mixed")
+from vit_jax.models.posemb.base import Position, Variant, grid_independent
+
+FREQUENCIES = "rope_frequencies"
 
 
 def grid_positions(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -62,17 +66,61 @@ def mixed_angles(grid: tuple[int, int], frequencies: jax.Array) -> jax.Array:
     return x[:, None, None] * fx[None] + y[:, None, None] * fy[None]
 
 
-def rotate(x: jax.Array, angles: jax.Array, num_prefix: int) -> jax.Array:
+def rotate(x: jax.Array, angles: jax.Array, num_prefix_tokens: int) -> jax.Array:
     """Rotates adjacent channel pairs of the patch tokens of x [B, N, heads, d].
 
-    angles: [N - num_prefix, d/2] (shared by heads) or [N - num_prefix, heads, d/2].
+    angles: [N - num_prefix_tokens, d/2] (shared by heads) or [N - num_prefix_tokens, heads, d/2].
     """
     if angles.ndim == 2:
         angles = angles[:, None, :]
-    prefix, tokens = x[:, :num_prefix], x[:, num_prefix:]
+    prefix, tokens = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
     pairs = tokens.astype(jnp.float32).reshape(*tokens.shape[:-1], -1, 2)
     cos, sin = jnp.cos(angles)[None], jnp.sin(angles)[None]
     even, odd = pairs[..., 0], pairs[..., 1]
     rotated = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
     rotated = rotated.reshape(tokens.shape).astype(x.dtype)
     return jnp.concatenate([prefix, rotated], axis=1)
+
+
+def _rotate_axial(module: nn.Module, position: Position, q: jax.Array, k: jax.Array):
+    angles = jnp.asarray(axial_angles(position.grid, q.shape[-1], position.rope_theta))
+    p = position.num_prefix_tokens
+    return rotate(q, angles, p), rotate(k, angles, p)
+
+
+def _rotate_mixed(module: nn.Module, position: Position, q: jax.Array, k: jax.Array):
+    frequencies = module.param(
+        FREQUENCIES,
+        mixed_frequencies_init(position.rope_theta),
+        (2, q.shape[-2], q.shape[-1] // 2),
+        module.param_dtype,
+    )
+    angles, p = mixed_angles(position.grid, frequencies), position.num_prefix_tokens
+    return rotate(q, angles, p), rotate(k, angles, p)
+
+
+def check(model) -> None:
+    """x and y each rotate half of the channel pairs: the head dimension must divide by 4."""
+    head_dim = model.hidden_size // model.num_heads
+    if head_dim % 4:
+        raise ValueError(
+            f"posemb={model.posemb!r} rotates x and y in halves of channel pairs, so the head "
+            f"dimension hidden_size / num_heads must be divisible by 4; got "
+            f"{model.hidden_size} / {model.num_heads} = {head_dim}. Change num_heads or "
+            "hidden_size."
+        )
+
+
+AXIAL = Variant(
+    name="rope_axial",
+    doc="fixed 2D rotary embedding of queries and keys (RoPE-Axial, EVA-02)",
+    rotate=_rotate_axial,
+    check=check,
+)
+MIXED = Variant(
+    name="rope_mixed",
+    doc="rotary embedding with learned 2D frequencies per layer and head (RoPE-Mixed)",
+    rotate=_rotate_mixed,
+    check=check,
+    params=(grid_independent(FREQUENCIES, "rope_mixed"),),
+)

@@ -6,28 +6,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.models import paths
+
 
 def _stack_layers(transformer: dict, name: str) -> jax.Array:
-    """Collects a sown value over layers -> [L, ...] (scanned or per-block layout)."""
-    if "encoderblock" in transformer:
-        found = jax.tree.leaves(_find(transformer["encoderblock"], name))
-        return found[0]
-    blocks = sorted(
-        (k for k in transformer if k.startswith("encoderblock_")),
-        key=lambda k: int(k.rsplit("_", 1)[1]),
-    )
-    return jnp.stack([jax.tree.leaves(_find(transformer[k], name))[0] for k in blocks])
+    """Collects a value sown under `name` over layers -> [L, ...] (scanned or per-block)."""
+    if paths.SCANNED_BLOCK in transformer:
+        return _find(transformer[paths.SCANNED_BLOCK], name)
+    return jnp.stack([_find(transformer[k], name) for k in paths.block_names(transformer)])
 
 
-def _find(tree: dict, name: str):
-    if name in tree:
-        return tree[name]
-    for value in tree.values():
-        if isinstance(value, dict):
-            found = _find(value, name)
-            if found is not None:
-                return found
-    return None
+def _find(tree: dict, name: str) -> jax.Array:
+    """The value sown under `name` in a block's intermediates (sow keeps a tuple of values)."""
+    for key, values in paths.flatten(tree).items():
+        if paths.leaf(key) == name:
+            return jax.tree.leaves(values)[0]
+    raise KeyError(name)
 
 
 def inspect(model: nn.Module, variables: dict, images: jax.Array) -> dict[str, jax.Array]:
@@ -38,7 +32,7 @@ def inspect(model: nn.Module, variables: dict, images: jax.Array) -> dict[str, j
     output of each block. N counts the class token first if the model has one.
     """
     logits, state = model.apply(variables, images, mutable=["intermediates"])
-    transformer = state["intermediates"]["Transformer"]
+    transformer = state["intermediates"][paths.TRANSFORMER]
     return {
         "logits": logits,
         "attention_weights": _stack_layers(transformer, "attention_weights"),

@@ -1,0 +1,87 @@
+"""The Orbax checkpoint layout of a run, known here only.
+
+    WORKDIR/checkpoints/<step>/
+      state   the train state dict {"params", "opt_state", "step", "rng"} (StandardSave)
+      data    the grain iterator's position, one file per process (process_{i}-of-{n}.json)
+      config  the resolved run config as JSON
+
+A step directory exists only once complete: Orbax writes to a temporary directory and renames
+it. Params-only checkpoints (tools/convert) have the same layout with {"params"} in `state`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import grain
+import orbax.checkpoint as ocp
+
+from vit_jax.checkpoint.errors import UnreadableCheckpointError
+
+CHECKPOINTS = "checkpoints"
+STATE, DATA, CONFIG = "state", "data", "config"
+PARAMS = "params"  # the parameters' key in the state
+
+
+def checkpoints_dir(workdir: str) -> str:
+    """WORKDIR/checkpoints, absolute."""
+    return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+
+
+def item_handlers(*, data: bool = True, config: bool = True) -> dict:
+    """The Orbax handler of each item."""
+    handlers = {STATE: ocp.StandardCheckpointHandler()}
+    if data:
+        handlers[DATA] = grain.checkpoint.CheckpointHandler()
+    if config:
+        handlers[CONFIG] = ocp.JsonCheckpointHandler()
+    return handlers
+
+
+def save_args(state, data_iterator=None, config: dict | None = None) -> ocp.args.Composite:
+    """What a save writes: the state, and the iterator position and config when given."""
+    items = {STATE: ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+        items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
+    if config is not None:
+        items[CONFIG] = ocp.args.JsonSave(config)
+    return ocp.args.Composite(**items)
+
+
+def data_position_file(step_dir: str, process_index: int, process_count: int) -> str:
+    """The file holding one process's iterator position in a step directory."""
+    return os.path.join(step_dir, DATA, f"process_{process_index}-of-{process_count}.json")
+
+
+def is_step_dir(path: str) -> bool:
+    """Whether `path` is one finished step directory (it holds a `state` item)."""
+    return os.path.isdir(os.path.join(path, STATE))
+
+
+def find_step_dir(path: str) -> tuple[str, int | None]:
+    """The step directory that `path` names: `path` itself if it is one, else the newest
+    finished step of a checkpoints directory (or of WORKDIR/checkpoints for a workdir).
+    Returns (directory, step); the step is None for a directory not named by a number."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist.")
+    if is_step_dir(path):
+        name = os.path.basename(path)
+        return path, int(name) if name.isdigit() else None
+    if os.path.isdir(os.path.join(path, CHECKPOINTS)):
+        path = os.path.join(path, CHECKPOINTS)
+    steps = [int(d) for d in os.listdir(path) if d.isdigit() and is_step_dir(os.path.join(path, d))]
+    if not steps:
+        raise UnreadableCheckpointError(
+            f"{path} is not a checkpoint: it has neither a '{STATE}' item nor finished step "
+            f"directories <step>/{STATE}. Pass WORKDIR/{CHECKPOINTS}, one of its step "
+            "directories, or an .npz file."
+        )
+    return os.path.join(path, str(max(steps))), max(steps)
+
+
+def read_config(step_dir: str) -> dict | None:
+    """The config JSON saved in a step directory, or None if it has none."""
+    if not os.path.isdir(os.path.join(step_dir, CONFIG)):
+        return None
+    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, CONFIG))

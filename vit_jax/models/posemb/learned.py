@@ -1,0 +1,119 @@
+"""`learned`: a learned table added to the tokens (the official ViT).
+
+Parameter `pos_embedding`, initialised N(0, 0.02²). With `posemb_cls_slot=True` (official
+layout) it is [1, num_prefix_tokens + h*w, D] and its first rows belong to the class token;
+otherwise [1, h*w, D] (big_vision layout) and the class token gets none.
+
+At another grid the patch rows, viewed as [h, w, D], are resampled (`resize_posemb`, timm's
+`resample_abs_pos_embed`); class-token rows are copied, dropped or added as zeros.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.models.posemb.base import Layout, ParamRule, Position, Variant, factor_pairs
+from vit_jax.models.resize import resize_grid
+
+PARAM = "pos_embedding"
+
+
+def add(module: nn.Module, position: Position, x: jax.Array) -> jax.Array:
+    """x [B, num_prefix_tokens + h*w, D] plus the learned table."""
+    h, w = position.grid
+    slot_rows = position.num_prefix_tokens if position.posemb_cls_slot else 0
+    init = nn.initializers.normal(stddev=0.02)
+    pe = module.param(PARAM, init, (1, slot_rows + h * w, x.shape[-1]), module.param_dtype)
+    if position.posemb_cls_slot:
+        return x + pe.astype(x.dtype)
+    return add_to_patches(x, pe[0], position.num_prefix_tokens)
+
+
+def add_to_patches(x: jax.Array, pe: jax.Array, num_prefix_tokens: int) -> jax.Array:
+    """Adds pe [h*w, D] to the patch tokens of x [B, num_prefix_tokens + h*w, D] only."""
+    prefix, patches = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
+    return jnp.concatenate([prefix, patches + jnp.asarray(pe, x.dtype)[None]], axis=1)
+
+
+def square_grid(num_positions: int, what: str) -> tuple[int, int]:
+    """(n, n) for num_positions = n², else ValueError asking for the grid explicitly."""
+    side = int(round(np.sqrt(num_positions)))
+    if side * side != num_positions:
+        raise ValueError(
+            f"{what} has {num_positions} grid positions, which is not a square, so its patch "
+            "grid is ambiguous: pass old_grid=(rows, cols)."
+        )
+    return (side, side)
+
+
+def resize_posemb(
+    posemb: jax.Array | np.ndarray,
+    new_grid: tuple[int, int],
+    *,
+    num_prefix_tokens: int,
+    old_grid: tuple[int, int] | None = None,
+    new_num_prefix_tokens: int | None = None,
+    method: str = "cubic",
+    antialias: bool = True,
+) -> jax.Array:
+    """Resizes a learned position embedding to another patch grid.
+
+    posemb: [1, num_prefix_tokens + h * w, D], prefix (class-token) rows first, then the grid
+      row-major. num_prefix_tokens = 1 is the official layout (class slot), 0 big_vision's.
+    new_grid: (h', w'). old_grid: (h, w), inferred as a square if not given.
+    new_num_prefix_tokens: prefix rows of the result (default: as many as the input). Rows kept
+      are copied untouched; added ones are zero (no position information for that token).
+    method, antialias: see models/resize.py; `cubic` with antialias is timm's default.
+    Returns [1, new_num_prefix_tokens + h' * w', D]. The same grid and prefix give the input.
+    """
+    posemb = jnp.asarray(posemb)
+    if new_num_prefix_tokens is None:
+        new_num_prefix_tokens = num_prefix_tokens
+    prefix, grid = posemb[0, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
+    if old_grid is None:
+        old_grid = square_grid(grid.shape[0], f"pos_embedding {tuple(posemb.shape)}")
+    h, w = old_grid
+    if h * w != grid.shape[0]:
+        raise ValueError(
+            f"pos_embedding {tuple(posemb.shape)} with {num_prefix_tokens} prefix rows has "
+            f"{grid.shape[0]} grid rows, which does not match old_grid={tuple(old_grid)}."
+        )
+    resized = resize_grid(grid.reshape(h, w, -1), tuple(new_grid), method, antialias)
+    kept = prefix[:new_num_prefix_tokens]
+    added = jnp.zeros((new_num_prefix_tokens - kept.shape[0], posemb.shape[-1]), posemb.dtype)
+    rows = [kept, added, resized.reshape(-1, posemb.shape[-1])]
+    return jnp.concatenate(rows, axis=0)[None]
+
+
+def _resize(value, old: Layout, new: Layout, *, method: str, antialias: bool) -> jax.Array:
+    return resize_posemb(
+        value,
+        new.grid,
+        num_prefix_tokens=old.num_prefix_tokens,
+        old_grid=old.grid,
+        new_num_prefix_tokens=new.num_prefix_tokens,
+        method=method,
+        antialias=antialias,
+    )
+
+
+RULE = ParamRule(
+    name=PARAM,
+    variant="learned",
+    axis=1,
+    length=lambda layout: layout.num_prefix_tokens + layout.grid[0] * layout.grid[1],
+    candidates=lambda length, prefix: factor_pairs(length - prefix),
+    # Without a grid, the official layout: a model with a class token gave it a slot.
+    prefix_hint=lambda length, has_class_token: int(has_class_token),
+    resize=_resize,
+)
+
+VARIANT = Variant(
+    name="learned",
+    doc="learned table [1, (1 +) h*w, D] added to the tokens (official ViT)",
+    add=add,
+    params=(RULE,),
+)
