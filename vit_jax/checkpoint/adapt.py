@@ -12,7 +12,7 @@ Two steps, so that a checkpoint that cannot fit fails before anything is read or
    (per-block or scanned); `plan.report` is the table that `restore_into` prints (report.py).
 
 Position parameters are adapted by their variant's rule, found by parameter name in
-`vit_jax.models.posemb.PARAM_RULES`; the patch kernel by `patch_embed.resize_kernel`. This
+`vit_jax.models.posemb.param_rule`; the patch kernel by `patch_embed.resize_kernel`. This
 module only adds what no single variant owns: the class token, the head and pre-logits, the
 MAP head, and the plan itself.
 """
@@ -39,7 +39,7 @@ from vit_jax.checkpoint.report import (
     Shape,
 )
 from vit_jax.models import VisionTransformer, patch_embed, paths, resize
-from vit_jax.models.posemb import PARAM_RULES, Layout, ParamRule, learned
+from vit_jax.models.posemb import Layout, ParamRule, learned, param_rule
 from vit_jax.models.scan import scan_params, unscan_params
 
 # Parameters that may be absent on either side: a new task or pooling, not another architecture.
@@ -230,7 +230,7 @@ def _entry(ctx: _Context, key: str) -> tuple[Entry, Builder]:
     """The Entry and Builder of target parameter `key`, by the rule that owns it."""
     if key == paths.PATCH_KERNEL:
         return _patch_kernel(ctx, key)
-    rule = PARAM_RULES.get(paths.leaf(key))
+    rule = param_rule(paths.leaf(key))
     if rule is not None and rule.axis is not None:
         return _grid_param(ctx, key, rule)
     return _BY_SCOPE.get(paths.top(key), _loaded)(ctx, key)

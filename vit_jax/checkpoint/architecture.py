@@ -3,7 +3,7 @@
 Read from the shapes alone (so it works on an official .npz), refined by the model config stored
 with the checkpoint when there is one (it fixes what shapes cannot tell: a non-square grid, or
 sinusoidal vs. no position embedding). What each position parameter's shape tells comes from
-its variant's rule (`vit_jax.models.posemb.PARAM_RULES`). Used to adapt a checkpoint
+its variant's rule (`vit_jax.models.posemb.param_rule`). Used to adapt a checkpoint
 (checkpoint/adapt.py) and to describe one (`python -m vit_jax.tools.inspect`).
 """
 
@@ -13,7 +13,7 @@ import dataclasses
 
 from vit_jax import models
 from vit_jax.models import paths
-from vit_jax.models.posemb import PARAM_RULES, VARIANTS, ParamRule, learned
+from vit_jax.models.posemb import VARIANTS, ParamRule, learned, param_rule
 from vit_jax.models.posemb.base import Grid, GridCandidate
 
 _BLOCK0 = paths.join(paths.TRANSFORMER, paths.block_name(0))
@@ -92,7 +92,7 @@ def grid_params(flat: dict[str, tuple]) -> dict[str, tuple[ParamRule, int]]:
     name: (rule, stored length on the rule's axis)."""
     found = {}
     for key, shape in flat.items():
-        rule = PARAM_RULES.get(paths.leaf(key))
+        rule = param_rule(paths.leaf(key))
         if rule is not None and rule.axis is not None and paths.key_block_index(key) in (None, 0):
             found[rule.name] = (rule, shape[rule.axis])
     return found
@@ -192,7 +192,8 @@ def _has(flat: dict, scope: str) -> bool:
 
 def _posemb_from_shapes(flat: dict) -> str:
     """The variants the stored parameters show, e.g. "learned+relative"."""
-    shown = {PARAM_RULES[paths.leaf(k)].variant for k in flat if paths.leaf(k) in PARAM_RULES}
+    rules = (param_rule(paths.leaf(k)) for k in flat)
+    shown = {rule.variant for rule in rules if rule is not None}
     additive = [v for v in shown if not VARIANTS[v].acts_on_attention]
     attention = [v for v in shown if VARIANTS[v].acts_on_attention]
     name = additive[0] if additive else "fixed or none"

@@ -41,8 +41,16 @@ VARIANTS: dict[str, Variant] = {
 ADDITIVE_POSEMBS = tuple(n for n, v in VARIANTS.items() if not v.acts_on_attention)
 ATTENTION_POSEMBS = tuple(n for n, v in VARIANTS.items() if v.acts_on_attention)
 POSEMBS = tuple(VARIANTS)
-# Every stored parameter of every variant, by leaf name.
-PARAM_RULES: dict[str, ParamRule] = {r.name: r for v in VARIANTS.values() for r in v.params}
+
+
+def param_rule(name: str) -> ParamRule | None:
+    """The rule of the stored parameter with leaf name `name` (e.g. "pos_embedding"), found
+    among the variants' parameters; None for a parameter no variant owns."""
+    for variant in VARIANTS.values():
+        for rule in variant.params:
+            if rule.name == name:
+                return rule
+    return None
 
 
 def split_posemb(posemb: str) -> tuple[Variant, Variant | None]:
@@ -56,7 +64,7 @@ def split_posemb(posemb: str) -> tuple[Variant, Variant | None]:
         if variant is None:
             raise ValueError(
                 f"posemb={posemb!r} is not a valid position embedding: "
-                f"{unknown_choice('variant', part, POSEMBS)} An additive and an attention "
+                f"{unknown_choice('variant', part, tuple(VARIANTS))} An additive and an attention "
                 "variant may be joined with '+', e.g. 'learned+rope_axial'."
             )
         if variant is NONE and "+" not in posemb:
@@ -85,7 +93,6 @@ __all__ = [
     "ADDITIVE_POSEMBS",
     "ATTENTION_POSEMBS",
     "NONE",
-    "PARAM_RULES",
     "POSEMBS",
     "VARIANTS",
     "Layout",
@@ -94,6 +101,7 @@ __all__ = [
     "Variant",
     "check",
     "factorized_table",
+    "param_rule",
     "resize_bias_table",
     "resize_factorized",
     "resize_posemb",
