@@ -111,15 +111,10 @@ def check(model) -> None:
         )
 
 
-AXIAL = Variant(
-    name="rope_axial",
-    doc="fixed 2D rotary embedding of queries and keys (RoPE-Axial, EVA-02)",
-    rotate=_rotate_axial,
-    check=check,
-)
+AXIAL = Variant("rope_axial", "fixed 2D rotary q/k (RoPE-Axial)", rotate=_rotate_axial, check=check)
 MIXED = Variant(
-    name="rope_mixed",
-    doc="rotary embedding with learned 2D frequencies per layer and head (RoPE-Mixed)",
+    "rope_mixed",
+    "rotary q/k with learned 2D frequencies per layer and head (RoPE-Mixed)",
     rotate=_rotate_mixed,
     check=check,
     params=(grid_independent(FREQUENCIES, "rope_mixed"),),

@@ -71,14 +71,6 @@ def _check_2d(model) -> None:
 
 
 SINCOS1D = Variant(
-    name="sincos1d",
-    doc="fixed 1D sinusoids over the row-major patch index",
-    add=_add_1d,
-    check=_check_1d,
+    "sincos1d", "fixed 1D sinusoids of the patch index", add=_add_1d, check=_check_1d
 )
-SINCOS2D = Variant(
-    name="sincos2d",
-    doc="fixed 2D sinusoids of column and row (big_vision)",
-    add=_add_2d,
-    check=_check_2d,
-)
+SINCOS2D = Variant("sincos2d", "fixed 2D sinusoids (big_vision)", add=_add_2d, check=_check_2d)
