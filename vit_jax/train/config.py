@@ -163,11 +163,12 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
     data = data_options(_section(config, "data"))
     optimizer = read(OptimizerOptions, _section(config, "optimizer"), "optimizer.")
     restore = read(RestoreOptions, _section(config, "init_options"), "init_options.")
-    model = _build_model(_section(config, "model"))
+    model_cfg = _section(config, "model")
+    model = _build_model(model_cfg)
     parallel.check_batch_size(train.batch_size, train.grad_accum_steps)
     parallel.check_batch_size(train.eval_batch_size)
     config.lock()
-    known = _section(config, "model").get("num_classes") is not None
+    known = model_cfg.get("num_classes") is not None
     return Settings(config, train, data, optimizer, restore, model if known else None)
 
 
@@ -194,6 +195,7 @@ def with_dataset(settings: Settings, info: DatasetInfo) -> Settings:
 
 
 def _section(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
+    """The section `name` of `config` as a plain dict ({} if absent: all defaults)."""
     section = config.get(name)
     return {} if section is None else dict(section)
 
