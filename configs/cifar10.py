@@ -21,18 +21,14 @@ def get_config(arg: str | None = None):
         args["variant"], 32, num_classes=10, posemb=args["posemb"], stochastic_depth=0.1
     )
     config.data.name = "cifar10"
-    config.data.augment = "inception"
     config.data.crop_area_min = 0.35
-    config.data.flip = True
     config.data.num_workers = 4
     config.batch_size = 512
     config.eval_batch_size = 1000
     config.num_epochs = 200.0
     config.mixup_alpha = 0.2
     config.label_smoothing = 0.1
-    config.optimizer.learning_rate = 1e-3
     config.optimizer.warmup_steps = 2_000
-    config.optimizer.weight_decay = 0.05
     config.log_every_steps = 100
     config.eval_every_steps = 2_000
     config.checkpoint_every_steps = 2_000

@@ -30,18 +30,11 @@ def get_config(arg: str | None = None):
         posemb=args["posemb"],
         stochastic_depth=0.1,
     )
-    config.data.name = "sklearn_digits"
-    config.data.augment = "inception"
     config.data.crop_area_min = 0.5
     config.data.flip = False  # a flipped digit is another digit (or none)
     config.data.cache = True
-    config.batch_size = 128
     config.eval_batch_size = 128
     config.total_steps = 1500
     config.label_smoothing = 0.1
-    config.optimizer.learning_rate = 1e-3
-    config.optimizer.warmup_steps = 100
-    config.optimizer.weight_decay = 0.05
     config.log_every_steps = 100
-    config.checkpoint_every_steps = 500
     return config

@@ -24,7 +24,6 @@ def get_config(arg: str | None = None):
     config.label_smoothing = 0.0
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.01
-    config.optimizer.momentum = 0.9
     config.optimizer.weight_decay = 0.0
     config.optimizer.warmup_steps = 20
     config.log_every_steps = 50

@@ -10,7 +10,8 @@ from ml_collections import ConfigDict
 from PIL import Image
 
 from vit_jax import data
-from vit_jax.data import digits, transforms
+from vit_jax.data import digits, pipeline, transforms
+from vit_jax.data import folder as folder_module
 
 NUM_FOLDER_IMAGES = 30
 FOLDER_CLASSES = ("ant", "bee", "cat")
@@ -54,6 +55,14 @@ def folder_cfg(root, **kw):
     return ConfigDict({"source": "folder", "train_dir": str(root), "eval_fraction": 0.2, **kw})
 
 
+def open_digits(data_dir, **kw) -> data.Dataset:
+    return data.open_dataset(data.data_options(digits_cfg(data_dir, **kw)))
+
+
+def open_folder(root, **kw) -> data.Dataset:
+    return data.open_dataset(data.data_options(folder_cfg(root, **kw)))
+
+
 def take(iterator, n):
     return [next(iterator) for _ in range(n)]
 
@@ -71,10 +80,10 @@ def assert_batches_equal(a, b):
 
 
 def test_digits_splits_sizes_and_stratification(digits_dir):
-    train, _ = data.open_source(digits_cfg(digits_dir), "train")
-    test, channels = data.open_source(digits_cfg(digits_dir), "eval")
+    dataset = open_digits(digits_dir)
+    train, test, channels = dataset.train, dataset.eval, dataset.info.channels
     assert (len(train), len(test), channels) == (1500, 297, 1)
-    assert data.dataset_info(digits_cfg(digits_dir)) == data.DatasetInfo(10, 1500, 297, 1)
+    assert dataset.info == data.DatasetInfo(10, 1500, 297, 1)
     from sklearn.datasets import load_digits
 
     share = np.bincount(load_digits().target, minlength=10) / 1797
@@ -88,8 +97,8 @@ def test_digits_builds_identically_and_idempotently(digits_dir, tmp_path):
     digits.prepare_digits(str(tmp_path))
     digits.prepare_digits(str(tmp_path))  # Already built: a no-op.
     for split in ("train", "eval"):
-        a, _ = data.open_source(digits_cfg(digits_dir), split)
-        b, _ = data.open_source(digits_cfg(str(tmp_path)), split)
+        a = open_digits(digits_dir).split(split)
+        b = open_digits(str(tmp_path)).split(split)
         for i in range(len(a)):
             assert a[i]["label"] == b[i]["label"]
             np.testing.assert_array_equal(a[i]["image"], b[i]["image"])
@@ -100,9 +109,9 @@ def test_digits_builds_identically_and_idempotently(digits_dir, tmp_path):
 
 
 def test_train_batches_shapes_range_and_seeds(digits_dir):
-    cfg = digits_cfg(digits_dir, augment="inception", crop_area_min=0.5, cache=True)
+    dataset = open_digits(digits_dir, augment="inception", crop_area_min=0.5, cache=True)
     loader = lambda seed: iter(
-        data.train_loader(cfg, image_size=(16, 12), global_batch_size=32, seed=seed)
+        data.train_loader(dataset, image_size=(16, 12), global_batch_size=32, seed=seed)
     )
     first = take(loader(0), 3)
     batch = first[0]
@@ -116,16 +125,16 @@ def test_train_batches_shapes_range_and_seeds(digits_dir):
 
 
 def test_train_epochs_are_reshuffled_and_complete(folder):
-    cfg = folder_cfg(folder, eval_fraction=0.0)
-    it = iter(data.train_loader(cfg, image_size=(6, 4), global_batch_size=10, seed=0))
+    dataset = open_folder(folder, eval_fraction=0.0)
+    it = iter(data.train_loader(dataset, image_size=(6, 4), global_batch_size=10, seed=0))
     epochs = [sum((image_ids(b["image"]) for b in take(it, 3)), []) for _ in range(2)]
     assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(NUM_FOLDER_IMAGES))
     assert epochs[0] != epochs[1]
 
 
 def test_iterator_state_resumes_at_exactly_the_next_batch(digits_dir):
-    cfg = digits_cfg(digits_dir, augment="inception", crop_area_min=0.3, flip=True, cache=True)
-    loader = data.train_loader(cfg, image_size=(16, 16), global_batch_size=64, seed=3)
+    dataset = open_digits(digits_dir, augment="inception", crop_area_min=0.3, flip=True, cache=True)
+    loader = data.train_loader(dataset, image_size=(16, 16), global_batch_size=64, seed=3)
     it = iter(loader)
     take(it, 25)  # Crosses the first epoch (1,500 / 64 = 23.4 batches).
     state = it.get_state()
@@ -137,7 +146,7 @@ def test_iterator_state_resumes_at_exactly_the_next_batch(digits_dir):
 
 def test_iterator_state_in_an_orbax_checkpoint(digits_dir, tmp_path):
     loader = data.train_loader(
-        digits_cfg(digits_dir, cache=True), image_size=(8, 8), global_batch_size=16, seed=0
+        open_digits(digits_dir, cache=True), image_size=(8, 8), global_batch_size=16, seed=0
     )
     it = iter(loader)
     take(it, 4)
@@ -156,7 +165,7 @@ def test_batch_size_must_divide_among_processes(digits_dir):
     two = grain.sharding.ShardOptions(shard_index=0, shard_count=2)
     with pytest.raises(ValueError, match="multiple of the number of processes"):
         data.train_loader(
-            digits_cfg(digits_dir), image_size=(8, 8), global_batch_size=33, seed=0, shard=two
+            open_digits(digits_dir), image_size=(8, 8), global_batch_size=33, seed=0, shard=two
         )
 
 
@@ -165,26 +174,26 @@ def test_batch_size_must_divide_among_processes(digits_dir):
 
 
 def test_eval_covers_every_example_once_with_padding(digits_dir):
-    cfg = digits_cfg(digits_dir)
-    batches = list(data.eval_batches(cfg, image_size=(8, 8), global_batch_size=64))
+    dataset = open_digits(digits_dir)
+    batches = list(data.eval_batches(dataset, image_size=(8, 8), global_batch_size=64))
     assert len(batches) == 5  # ceil(297 / 64)
     mask = np.concatenate([b["mask"] for b in batches])
     labels = np.concatenate([b["label"] for b in batches])
     assert mask.dtype == np.float32 and mask.sum() == 297
     assert batches[-1]["image"].shape == (64, 8, 8, 1)
-    source, _ = data.open_source(cfg, "eval")
+    source = dataset.eval
     expected = collections.Counter(source[i]["label"] for i in range(len(source)))
     assert collections.Counter(labels[mask == 1].tolist()) == expected
 
 
 def test_two_processes_get_disjoint_shards_covering_the_split(folder):
-    cfg = folder_cfg(folder, eval_fraction=0.0)
+    dataset = open_folder(folder, eval_fraction=0.0)
     shards = [grain.sharding.ShardOptions(shard_index=i, shard_count=2) for i in range(2)]
 
     def eval_ids(shard):
         batches = list(
             data.eval_batches(
-                cfg, image_size=(6, 4), global_batch_size=8, split="train", shard=shard
+                dataset, image_size=(6, 4), global_batch_size=8, split="train", shard=shard
             )
         )
         assert len(batches) == 4  # ceil(15 / 4), the same on every process.
@@ -195,7 +204,7 @@ def test_two_processes_get_disjoint_shards_covering_the_split(folder):
     def first_epoch_ids(shard):
         # One shard epoch: 15 examples = 3 per-process batches of 5.
         loader = data.train_loader(
-            cfg, image_size=(6, 4), global_batch_size=10, seed=0, shard=shard
+            dataset, image_size=(6, 4), global_batch_size=10, seed=0, shard=shard
         )
         return image_ids(np.concatenate([b["image"] for b in take(iter(loader), 3)]))
 
@@ -209,7 +218,8 @@ def test_two_processes_get_disjoint_shards_covering_the_split(folder):
 
 
 def test_folder_source_classes_labels_and_shapes(folder):
-    info = data.dataset_info(folder_cfg(folder))
+    dataset = open_folder(folder)
+    info = dataset.info
     assert info == data.DatasetInfo(num_classes=3, num_train=24, num_eval=6, channels=3)
     index = data.scan_folder(str(folder))
     assert index.classes == FOLDER_CLASSES and len(index.paths) == NUM_FOLDER_IMAGES
@@ -221,8 +231,7 @@ def test_folder_source_classes_labels_and_shapes(folder):
         assert example["label"] == FOLDER_CLASSES.index(index.paths[i].split("/")[-2])
         assert example["label"] == identity % 3
     # The held-out split is stratified (2 of 10 per class) and disjoint from training.
-    train, _ = data.open_source(folder_cfg(folder), "train")
-    held, _ = data.open_source(folder_cfg(folder), "eval")
+    train, held = dataset.train, dataset.eval
     held_labels = [held[i]["label"] for i in range(len(held))]
     assert sorted(held_labels) == [0, 0, 1, 1, 2, 2]
     assert not set(train.index.paths) & set(held.index.paths)
@@ -231,13 +240,42 @@ def test_folder_source_classes_labels_and_shapes(folder):
 def test_folder_eval_dir(folder, tmp_path):
     (tmp_path / "cat").mkdir()
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "cat" / "a.jpeg")
-    info = data.dataset_info(folder_cfg(folder, eval_dir=str(tmp_path)))
+    dataset = open_folder(folder, eval_dir=str(tmp_path))
+    info = dataset.info
     assert (info.num_train, info.num_eval) == (NUM_FOLDER_IMAGES, 1)
-    held, _ = data.open_source(folder_cfg(folder, eval_dir=str(tmp_path)), "eval")
+    held = dataset.eval
     assert held[0]["label"] == 2
     (tmp_path / "dog").mkdir()
     with pytest.raises(ValueError, match="not among the training classes"):
-        data.dataset_info(folder_cfg(folder, eval_dir=str(tmp_path)))
+        open_folder(folder, eval_dir=str(tmp_path))
+
+
+def count_calls(monkeypatch, module, name: str) -> list:
+    """Replaces `module.name` by a wrapper that appends to the returned list at every call."""
+    calls, original = [], getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_folder_is_walked_once_and_cached_images_decoded_once(folder, monkeypatch, cache):
+    walks = count_calls(monkeypatch, pipeline, "scan_folder")
+    decodes = count_calls(monkeypatch, folder_module, "decode_image")
+    dataset = open_folder(folder, cache=cache)
+    assert len(walks) == 1
+    assert len(decodes) == (NUM_FOLDER_IMAGES if cache else 0)  # both splits, at open
+    take(iter(data.train_loader(dataset, image_size=(6, 4), global_batch_size=8, seed=0)), 2)
+    for _ in range(2):  # two evaluation passes reuse the opened (and cached) splits
+        batches = list(data.eval_batches(dataset, image_size=(6, 4), global_batch_size=4))
+        assert sum(b["mask"].sum() for b in batches) == dataset.info.num_eval == 6
+    assert len(walks) == 1
+    if cache:
+        assert len(decodes) == NUM_FOLDER_IMAGES
 
 
 @pytest.fixture
@@ -251,21 +289,23 @@ def folder_with_bad_image(tmp_path):
 
 
 def test_unreadable_image_skip_drops_and_counts(folder_with_bad_image, caplog):
-    cfg = folder_cfg(folder_with_bad_image, eval_fraction=0.0, bad_image="skip")
-    source, _ = data.open_source(cfg, "train")
+    dataset = open_folder(folder_with_bad_image, eval_fraction=0.0, bad_image="skip")
+    source = dataset.train
     with caplog.at_level("WARNING"):
         examples = [source[i] for i in range(len(source))]
     assert sum(e is None for e in examples) == 1 and source.num_skipped == 1
     assert "broken.jpg" in caplog.text
-    batches = list(data.eval_batches(cfg, split="train", image_size=(4, 4), global_batch_size=4))
+    batches = list(
+        data.eval_batches(dataset, split="train", image_size=(4, 4), global_batch_size=4)
+    )
     assert sum(b["mask"].sum() for b in batches) == 8
-    it = iter(data.train_loader(cfg, image_size=(4, 4), global_batch_size=4, seed=0))
+    it = iter(data.train_loader(dataset, image_size=(4, 4), global_batch_size=4, seed=0))
     assert all(b["image"].shape == (4, 4, 4, 3) for b in take(it, 6))  # Full batches.
 
 
 def test_unreadable_image_stop_names_the_file(folder_with_bad_image):
-    cfg = folder_cfg(folder_with_bad_image, eval_fraction=0.0, bad_image="stop")
-    it = iter(data.train_loader(cfg, image_size=(4, 4), global_batch_size=3, seed=0))
+    dataset = open_folder(folder_with_bad_image, eval_fraction=0.0, bad_image="stop")
+    it = iter(data.train_loader(dataset, image_size=(4, 4), global_batch_size=3, seed=0))
     with pytest.raises(data.UnreadableImageError, match="broken.jpg"):
         take(it, 3)  # One epoch of 9 examples.
 
@@ -273,15 +313,15 @@ def test_unreadable_image_stop_names_the_file(folder_with_bad_image):
 def test_folder_errors(tmp_path):
     missing = tmp_path / "missing"
     with pytest.raises(ValueError, match="does not exist"):
-        data.dataset_info(folder_cfg(missing))
+        open_folder(missing)
     with pytest.raises(ValueError, match="no class subfolders"):
-        data.dataset_info(folder_cfg(tmp_path))
+        open_folder(tmp_path)
     (tmp_path / "cls").mkdir()
     (tmp_path / "cls" / "readme.txt").write_text("")
     with pytest.raises(ValueError, match=f"{tmp_path}.*contains no images"):
-        data.dataset_info(folder_cfg(tmp_path))
+        open_folder(tmp_path)
     with pytest.raises(ValueError, match="train_dir"):
-        data.dataset_info(ConfigDict({"source": "folder"}))
+        data.data_options(ConfigDict({"source": "folder"}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,17 +330,17 @@ def test_folder_errors(tmp_path):
 
 def test_unprepared_and_unknown_tfds_datasets(tmp_path):
     with pytest.raises(data.DatasetNotPreparedError) as error:
-        data.dataset_info(ConfigDict({"name": "mnist", "data_dir": str(tmp_path)}))
+        open_digits(str(tmp_path), name="mnist")
     assert f"tfds build mnist --data_dir={tmp_path} --file_format=array_record" in str(error.value)
     with pytest.raises(ValueError, match="Unknown tfds dataset"):
-        data.dataset_info(ConfigDict({"name": "no_such_dataset", "data_dir": str(tmp_path)}))
+        open_digits(str(tmp_path), name="no_such_dataset")
 
 
 def test_bad_config_values(digits_dir):
     with pytest.raises(ValueError, match="augment"):
         data.data_options(digits_cfg(digits_dir, augment="mixup"))
     with pytest.raises(ValueError, match="no split"):
-        data.dataset_info(digits_cfg(digits_dir, eval_split="validation"))
+        open_digits(digits_dir, eval_split="validation")
 
 
 def test_inception_crop_box_stays_inside_and_respects_area():

@@ -1,5 +1,6 @@
 """Training: parallel strategies agree, optimizer contract, eval over whole splits, bad input."""
 
+import dataclasses
 import json
 import os
 
@@ -11,8 +12,9 @@ import optax
 import pytest
 
 from vit_jax import data, models
+from vit_jax.data.folder import scan_folder
 from vit_jax.train import optim, parallel
-from vit_jax.train.config import base_config, model_config
+from vit_jax.train.config import base_config, model_config, validate
 from vit_jax.train.loop import evaluate, train_and_evaluate
 from vit_jax.train.state import create_state, init_params
 from vit_jax.train.step import make_eval_step, make_train_step, mixup, soft_targets
@@ -49,7 +51,7 @@ def digits_dir(tmp_path_factory):
 
 def run_steps(par, model, config, batches, num_steps=10, grad_accum_steps=1):
     """Losses of `num_steps` steps of the pure train step under a parallel strategy."""
-    tx, schedule = optim.make_optimizer(config.optimizer, 100)
+    tx, schedule = optim.make_optimizer(validate(config).optimizer, 100)
     rng = jax.random.PRNGKey(0)
     params = init_params(model, rng, 1)
     state = par.put_state(create_state(params, tx, rng))
@@ -74,7 +76,8 @@ def test_mesh_pmap_and_single_device_give_the_same_losses(digits_dir):
     assert jax.device_count() == 8, "conftest sets JAX_NUM_CPU_DEVICES=8"
     config = tiny_config(digits_dir)
     model = models.build(config.model)
-    it = iter(data.train_loader(config.data, image_size=(8, 8), global_batch_size=32, seed=0))
+    dataset = data.open_dataset(validate(config).data)
+    it = iter(data.train_loader(dataset, image_size=(8, 8), global_batch_size=32, seed=0))
     batches = [next(it) for _ in range(10)]
     mesh, mesh_state = run_steps(parallel.make("jit"), model, config, batches)
     pmap, pmap_state = run_steps(parallel.make("pmap"), model, config, batches)
@@ -118,20 +121,20 @@ def test_weight_decay_applies_to_kernels_only():
 
 
 def test_schedule_warms_up_then_decays():
-    cfg = base_config().optimizer
-    cfg.warmup_steps, cfg.learning_rate = 10, 1.0
+    cfg = optim.OptimizerOptions(warmup_steps=10, learning_rate=1.0)
     cosine = optim.learning_rate_schedule(cfg, 110)
     assert float(cosine(0)) == 0.0 and float(cosine(5)) == pytest.approx(0.5)
     assert float(cosine(10)) == pytest.approx(1.0) and float(cosine(60)) == pytest.approx(0.5)
     assert float(cosine(110)) == pytest.approx(0.0, abs=1e-6)
-    cfg.schedule = "linear"
+    cfg = dataclasses.replace(cfg, schedule="linear")
     assert float(optim.learning_rate_schedule(cfg, 110)(35)) == pytest.approx(0.75)
 
 
 def test_sgd_clips_then_applies_momentum():
-    cfg = base_config().optimizer
-    cfg.name, cfg.grad_clip_norm, cfg.warmup_steps, cfg.schedule = "sgd", 0.5, 0, "constant"
-    cfg.learning_rate, cfg.momentum, cfg.weight_decay = 0.1, 0.9, 0.0
+    cfg = optim.OptimizerOptions(
+        name="sgd", grad_clip_norm=0.5, warmup_steps=0, schedule="constant", learning_rate=0.1
+    )
+    cfg = dataclasses.replace(cfg, momentum=0.9, weight_decay=0.0)
     tx, _ = optim.make_optimizer(cfg, 10)
     params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
     grads = jax.tree.map(lambda x: 10 * x, params)  # global norm 10 * sqrt(6), clipped to 0.5
@@ -159,10 +162,10 @@ def test_eval_counts_every_example_of_a_split_not_divisible_by_the_batch(digits_
     par = parallel.make("jit")
     params = par.put_state(init_params(model, jax.random.PRNGKey(1), 1))
     eval_step = par.compile_eval(make_eval_step(model))
+    dataset = data.open_dataset(validate(config).data)
     results = []
     for batch_size in (64, 304):  # 297 = 4 x 64 + 41; 304 holds the whole split in one batch
-        config.eval_batch_size = batch_size
-        results.append(evaluate(par, eval_step, params, config, model.image_size))
+        results.append(evaluate(par, eval_step, params, dataset, model.image_size, batch_size))
     assert results[0]["num_examples"] == results[1]["num_examples"] == 297
     assert results[0]["accuracy"] == pytest.approx(results[1]["accuracy"], abs=1e-9)
     assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)
@@ -203,7 +206,7 @@ def write_folder(root, classes=("cat", "dog", "fox"), per_class=6, size=(12, 10)
             Image.fromarray(pixels).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
 
 
-def test_image_folder_source_trains_and_evaluates(tmp_path):
+def test_image_folder_source_trains_and_evaluates(tmp_path, monkeypatch):
     write_folder(tmp_path / "train")
     write_folder(tmp_path / "val", per_class=3)
     config = tiny_config(tmp_path)
@@ -213,8 +216,18 @@ def test_image_folder_source_trains_and_evaluates(tmp_path):
     config.data.eval_dir = str(tmp_path / "val")
     config.model.num_classes = None  # from the folder: 3 classes
     config.batch_size, config.eval_batch_size, config.total_steps = 8, 8, 4
+    config.eval_every_steps = 2  # two evaluation passes: at step 2 and at the end
+    scans = []
+
+    def counted_scan(*args, **kwargs):
+        scans.append(args)
+        return scan_folder(*args, **kwargs)
+
+    monkeypatch.setattr(data.pipeline, "scan_folder", counted_scan)
     summary = train_and_evaluate(config, str(tmp_path / "run"))
     assert summary["num_examples"] == 9
+    assert [r["step"] for r in read_metrics(tmp_path / "run") if "split" in r] == [2, 4]
+    assert len(scans) == 2  # each folder (train, eval) walked once in the whole run
     cfg = json.load(open(tmp_path / "run" / "config.json"))
     assert cfg["model"]["num_classes"] == 3
 
@@ -232,7 +245,10 @@ def test_image_folder_source_trains_and_evaluates(tmp_path):
             "model.num_classes=7 but the dataset has 10",
         ),
         (lambda c: setattr(c.model, "classifier", "unpooled"), "classifier='unpooled' gives"),
-        (lambda c: setattr(c, "grad_accum_steps", 0), "grad_accum_steps=0 must be >= 1"),
+        (
+            lambda c: setattr(c, "grad_accum_steps", 0),
+            "grad_accum_steps=0 is out of range: it must be >= 1",
+        ),
         (lambda c: setattr(c.init_options, "method", "bicubic"), "init_options.method='bicubic'"),
     ],
 )

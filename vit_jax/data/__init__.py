@@ -1,25 +1,26 @@
 """Data: tfds datasets or image folders -> grain loaders of per-process numpy batches.
 
-Start with `train_loader(config.data, ...)`, `eval_batches(config.data, ...)` and
-`dataset_info(config.data)`; the config fields are listed in `vit_jax.data.pipeline`.
+Open the dataset once with `open_dataset(data_options(config.data))`, then draw from it with
+`train_loader(dataset, ...)` and `eval_batches(dataset, ...)`; `dataset.info` says what a model
+needs to know. The config fields are declared in `vit_jax.data.options` (`DataOptions`).
 """
 
 from vit_jax.data.digits import SklearnDigits, prepare_digits
 from vit_jax.data.folder import ImageFolderSource, SkipUnreadable, scan_folder
+from vit_jax.data.options import DataOptions, data_options
 from vit_jax.data.pipeline import (
-    DataOptions,
+    Dataset,
     DatasetInfo,
     DatasetNotPreparedError,
-    data_options,
-    dataset_info,
     eval_batches,
-    open_source,
+    open_dataset,
     train_loader,
 )
 from vit_jax.data.transforms import UnreadableImageError
 
 __all__ = [
     "DataOptions",
+    "Dataset",
     "DatasetInfo",
     "DatasetNotPreparedError",
     "ImageFolderSource",
@@ -27,9 +28,8 @@ __all__ = [
     "SklearnDigits",
     "UnreadableImageError",
     "data_options",
-    "dataset_info",
     "eval_batches",
-    "open_source",
+    "open_dataset",
     "prepare_digits",
     "scan_folder",
     "train_loader",

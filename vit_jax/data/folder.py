@@ -21,11 +21,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vit_jax.data.options import DataOptions
 from vit_jax.data.transforms import UnreadableImageError, decode_image
+from vit_jax.options import options_of
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _log = logging.getLogger(__name__)
 _LAYOUT = "root/<class_name>/<image>.jpg|.jpeg|.png"
+EVAL_FRACTION = next(o for o in options_of(DataOptions) if o.name == "eval_fraction")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +105,7 @@ def split_held_out(
     Per class, round(fraction * class size) images are held out, so the split is stratified and
     the same for the same folder contents, fraction and seed.
     """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"eval_fraction must be in [0, 1), got {fraction}.")
+    fraction = EVAL_FRACTION.check(fraction)
     labels = np.asarray(index.labels)
     rng = np.random.default_rng(seed)
     held = np.zeros(len(labels), bool)

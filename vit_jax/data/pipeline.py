@@ -1,38 +1,15 @@
 """Input pipelines: a tfds dataset or an image folder -> grain -> per-process numpy batches.
 
-    info = dataset_info(config.data)
-    train_ds = train_loader(config.data, image_size=(32, 32), global_batch_size=128, seed=0)
+    dataset = open_dataset(data_options(config.data))  # once per run: folder walked, cache filled
+    dataset.info                       # DatasetInfo(num_classes, num_train, num_eval, channels)
+    train_ds = train_loader(dataset, image_size=(32, 32), global_batch_size=128, seed=0)
     train_iter = iter(train_ds)        # checkpointable: grain.checkpoint.CheckpointSave(train_iter)
     batch = next(train_iter)           # {'image': f32 [b, H, W, C] in [-1, 1], 'label': i32 [b]}
-    for batch in eval_batches(config.data, image_size=(32, 32), global_batch_size=256):
+    for batch in eval_batches(dataset, image_size=(32, 32), global_batch_size=256):
         ...                            # plus 'mask': f32 [b], 0 for padding
 
-b = global_batch_size // jax.process_count(); each process reads its own shard.
-
-Fields of the data config (an `ml_collections.ConfigDict`; each missing field takes the default
-below, which suits the embedded digits; training configs start from
-`vit_jax.train.config.base_config()`, which sets every field, e.g. inception crops and flips):
-
-    source              'tfds' | 'folder'                                          ('tfds')
-    name                tfds name: 'sklearn_digits' (embedded, built on first use),
-                        'cifar10', 'imagenet2012', ...                   ('sklearn_digits')
-    data_dir            tfds data directory; None = tfds default (~/tensorflow_datasets)  (None)
-    train_split         tfds split for training, e.g. 'train' or 'train[:90%]'         ('train')
-    eval_split          tfds split for evaluation                                        ('test')
-    train_dir           folder source: root/<class_name>/*.jpg|jpeg|png                   (None)
-    eval_dir            folder source: evaluation folder; None = hold out eval_fraction   (None)
-    eval_fraction       folder source without eval_dir: stratified held-out fraction      (0.1)
-    split_seed          folder source: seed of that held-out split (not the run's seed)     (0)
-    augment             'inception' (random resized crop) | 'resize' (plain resize)   ('resize')
-    crop_area_min       inception crop: smallest crop area fraction (aspect 3/4..4/3)    (0.08)
-    flip                random horizontal flip in training (never for digits)           (False)
-    eval_crop_fraction  evaluation: central fraction of each side kept before resizing   (1.0)
-    bad_image           unreadable image: 'skip' (drop, count, warn) | 'stop' (raise) ('stop')
-    cache               decode the whole split into memory once; for small datasets such as
-                        the digits (a read then costs ~1 us instead of ~90 us)            (False)
-    num_workers         worker processes; 0 = read in this process                          (0)
-    read_threads        threads reading and transforming records (in each worker)           (2)
-    prefetch            batches buffered ahead (per worker when num_workers > 0)            (2)
+b = global_batch_size // jax.process_count(); each process reads its own shard. The fields of
+the data config, their defaults and allowed values are declared in `vit_jax.data.options`.
 
 Determinism: batches depend only on the data, the config, `seed`, the process's shard and
 `num_workers` (with workers, each worker reads a strided slice of the stream).
@@ -40,7 +17,6 @@ Determinism: batches depend only on the data, the config, `seed`, the process's 
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import grain
 import numpy as np
@@ -55,6 +31,7 @@ from vit_jax.data.folder import (
     scan_folder,
     split_held_out,
 )
+from vit_jax.data.options import DataOptions
 from vit_jax.data.transforms import (
     center_crop_box,
     crop_and_resize,
@@ -63,6 +40,7 @@ from vit_jax.data.transforms import (
     inception_crop_box,
     to_model_range,
 )
+from vit_jax.options import unknown_choice
 
 SPLITS = ("train", "eval")
 
@@ -79,60 +57,6 @@ class DatasetInfo:
     num_train: int
     num_eval: int
     channels: int  # Image channels at the model input: 1 (grayscale) or 3 (RGB).
-
-
-@dataclasses.dataclass(frozen=True)
-class DataOptions:
-    """The data config's fields with their defaults (see the module docstring)."""
-
-    source: str = "tfds"
-    name: str = digits.NAME
-    data_dir: str | None = None
-    train_split: str = "train"
-    eval_split: str = "test"
-    train_dir: str | None = None
-    eval_dir: str | None = None
-    eval_fraction: float = 0.1
-    split_seed: int = 0
-    augment: str = "resize"
-    crop_area_min: float = 0.08
-    flip: bool = False
-    eval_crop_fraction: float = 1.0
-    bad_image: str = "stop"
-    cache: bool = False
-    num_workers: int = 0
-    read_threads: int = 2
-    prefetch: int = 2
-
-
-_CHOICES = {
-    "source": ("tfds", "folder"),
-    "augment": ("inception", "resize"),
-    "bad_image": ("skip", "stop"),
-}
-
-
-def data_options(data_cfg: Any) -> DataOptions:
-    """Reads a data config (ConfigDict or dict) into `DataOptions`, checking every value."""
-    fields = {f.name: data_cfg.get(f.name, f.default) for f in dataclasses.fields(DataOptions)}
-    opts = DataOptions(**fields)
-    for field, choices in _CHOICES.items():
-        if getattr(opts, field) not in choices:
-            raise ValueError(f"data.{field}={getattr(opts, field)!r}; choose one of {choices}.")
-    checks = {
-        "crop_area_min": 0 < opts.crop_area_min <= 1,
-        "eval_crop_fraction": 0 < opts.eval_crop_fraction <= 1,
-        "eval_fraction": 0 <= opts.eval_fraction < 1,
-        "num_workers": opts.num_workers >= 0,
-        "read_threads": opts.read_threads >= 1,
-        "prefetch": opts.prefetch >= 1,
-    }
-    for field, ok in checks.items():
-        if not ok:
-            raise ValueError(f"data.{field}={getattr(opts, field)!r} is out of range.")
-    if opts.source == "folder" and not opts.train_dir:
-        raise ValueError("data.source='folder' needs data.train_dir (root/<class_name>/*.jpg).")
-    return opts
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,52 +149,72 @@ def _folder_indices(opts: DataOptions) -> dict[str, FolderIndex]:
     return {"train": train, "eval": held_out}
 
 
-def open_source(data_cfg: Any, split: str) -> tuple[Sequence[dict], int]:
-    """The random-access source of `split` ('train' or 'eval') and its image channels.
-
-    `source[i]` = {'image': uint8 [h, w, channels], 'label': int}. Unreadable images raise
-    `UnreadableImageError` (config bad_image='stop') or give None (bad_image='skip').
-    """
-    opts = data_options(data_cfg)
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r}; choose one of {SPLITS}.")
-    if opts.source == "folder":
-        source, channels = ImageFolderSource(_folder_indices(opts)[split]), 3
-    else:
-        builder = _tfds_builder(opts)
-        tfds_split = opts.train_split if split == "train" else opts.eval_split
+def _tfds_sources(opts: DataOptions) -> tuple[dict[str, Sequence[dict]], int, int]:
+    """The tfds dataset's {'train', 'eval'} sources, its number of classes and image channels."""
+    builder = _tfds_builder(opts)
+    splits = {"train": opts.train_split, "eval": opts.eval_split}
+    for tfds_split in splits.values():
         _check_tfds_split(builder, tfds_split)
-        channels = _tfds_channels(builder)
-        try:
-            source = TfdsSource(opts.name, tfds_split, opts.data_dir, channels)
-        except NotImplementedError as error:  # Prepared, but only in another file format.
-            raise _not_prepared(opts) from error
+    channels = _tfds_channels(builder)
+    try:
+        sources = {
+            split: TfdsSource(opts.name, tfds_split, opts.data_dir, channels)
+            for split, tfds_split in splits.items()
+        }
+    except NotImplementedError as error:  # Prepared, but only in another file format.
+        raise _not_prepared(opts) from error
+    return sources, builder.info.features["label"].num_classes, channels
+
+
+def _wrap(source: Sequence[dict], opts: DataOptions) -> Sequence[dict]:
+    """The source as the loaders read it: unreadable images skipped and/or decoded up front."""
     if opts.bad_image == "skip":
         source = SkipUnreadable(source)
     if opts.cache:
         # Decoded once, held as a list (copied into each worker): for small datasets only.
         source = [source[i] for i in range(len(source))]
-    return source, channels
+    return source
 
 
-def dataset_info(data_cfg: Any) -> DatasetInfo:
-    """Number of classes, examples per split and image channels of the configured dataset."""
-    opts = data_options(data_cfg)
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """An opened dataset: its `info` and the random-access sources of its two splits.
+
+    `train[i]` / `eval[i]` = {'image': uint8 [h, w, info.channels], 'label': int}. An unreadable
+    image raises `UnreadableImageError` (bad_image='stop') or gives None (bad_image='skip').
+    Opened once per run by `open_dataset` and shared by every loader and evaluation pass.
+    """
+
+    options: DataOptions
+    info: DatasetInfo
+    train: Sequence[dict]
+    eval: Sequence[dict]
+
+    def split(self, name: str) -> Sequence[dict]:
+        """The source of split `name` ('train' or 'eval')."""
+        if name not in SPLITS:
+            raise unknown_choice("split", name, SPLITS)
+        return getattr(self, name)
+
+
+def open_dataset(opts: DataOptions) -> Dataset:
+    """Opens the configured dataset once: a tfds dataset's two splits (the embedded digits are
+    built on first use), or an image folder walked once; with `cache` both splits are decoded
+    here. Raises ValueError (or `DatasetNotPreparedError`) for data that cannot be read."""
     if opts.source == "folder":
         indices = _folder_indices(opts)
-        return DatasetInfo(
-            num_classes=len(indices["train"].classes),
-            num_train=len(indices["train"].paths),
-            num_eval=len(indices["eval"].paths),
-            channels=3,
-        )
-    builder = _tfds_builder(opts)
-    return DatasetInfo(
-        num_classes=builder.info.features["label"].num_classes,
-        num_train=len(open_source(data_cfg, "train")[0]),
-        num_eval=len(open_source(data_cfg, "eval")[0]),
-        channels=_tfds_channels(builder),
+        raw = {split: ImageFolderSource(index) for split, index in indices.items()}
+        num_classes, channels = len(indices["train"].classes), 3
+    else:
+        raw, num_classes, channels = _tfds_sources(opts)
+    sources = {split: _wrap(source, opts) for split, source in raw.items()}
+    info = DatasetInfo(
+        num_classes=num_classes,
+        num_train=len(sources["train"]),
+        num_eval=len(sources["eval"]),
+        channels=channels,
     )
+    return Dataset(opts, info, sources["train"], sources["eval"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,14 +311,15 @@ def _prefetch(ds: grain.IterDataset, opts: DataOptions) -> grain.IterDataset:
 
 
 def train_loader(
-    data_cfg: Any,
+    dataset: Dataset,
     *,
     image_size: tuple[int, int],
     global_batch_size: int,
     seed: int,
     shard: grain.sharding.ShardOptions | None = None,
 ) -> grain.IterDataset:
-    """The infinite, shuffled, augmented training stream of this process.
+    """The infinite, shuffled, augmented training stream of this process, over the opened
+    `dataset`'s train split.
 
     `iter()` of the result is a grain `DatasetIterator` yielding {'image': float32
     [b, H, W, C] in [-1, 1], 'label': int32 [b]} with b = global_batch_size // process count;
@@ -386,9 +331,9 @@ def train_loader(
     stream, so a resumed run sees the same batches. Call the iterator's `close()` to stop its
     threads or worker processes early.
     """
-    opts = data_options(data_cfg)
+    opts = dataset.options
     shard, batch_size = _per_process_batch(global_batch_size, shard)
-    source, _ = open_source(data_cfg, "train")
+    source = dataset.train
     usable = len(source) - len(source) % shard.shard_count  # Equal shards keep epochs aligned.
     ds = grain.MapDataset.source(source)[:usable][shard.shard_index :: shard.shard_count]
     if len(ds) == 0:
@@ -402,23 +347,24 @@ def train_loader(
 
 
 def eval_batches(
-    data_cfg: Any,
+    dataset: Dataset,
     *,
     image_size: tuple[int, int],
     global_batch_size: int,
     split: str = "eval",
     shard: grain.sharding.ShardOptions | None = None,
 ) -> Iterator[dict]:
-    """One pass over `split` ('eval' or 'train'): every example exactly once across processes.
+    """One pass over the opened `dataset`'s `split` ('eval' or 'train'): every example exactly
+    once across processes. Nothing is re-opened or re-decoded (each call is a new pass).
 
     Yields {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b], 'mask': float32 [b]}
     with b = global_batch_size // process count. The last batches are padded (mask 0, zero
     image, label 0) and every process yields the same number of batches, so collective metric
     reductions line up. Images are center-cropped (eval_crop_fraction) and resized.
     """
-    opts = data_options(data_cfg)
+    opts = dataset.options
     shard, batch_size = _per_process_batch(global_batch_size, shard)
-    source, channels = open_source(data_cfg, split)
+    source = dataset.split(split)
     if len(source) == 0:
         raise ValueError(
             f"The {split} split is empty; for a folder source set data.eval_dir or "
@@ -428,7 +374,7 @@ def eval_batches(
     per_process = -(-len(source) // shard.shard_count)  # Largest shard, rounded up to batches:
     num_batches = -(-per_process // batch_size)  # the same for every process.
     indices += [-1] * (num_batches * batch_size - len(indices))
-    example = EvalExample(source, tuple(image_size), channels, opts.eval_crop_fraction)
+    example = EvalExample(source, tuple(image_size), dataset.info.channels, opts.eval_crop_fraction)
     # Batching the MapDataset keeps whole batches together when workers split the stream.
     ds = grain.MapDataset.source(indices).map(example).batch(batch_size)
     return _closing(iter(_prefetch(ds.to_iter_dataset(_read_options(opts)), opts)))

@@ -1,22 +1,40 @@
-"""The fields of a training config and their defaults, shared by every experiment.
+"""The training config: its sections declared once, its defaults, and its one validation pass.
 
-Each configs/<experiment>.py starts from `base_config()` and changes what its experiment needs;
-every field can be overridden on the command line, e.g.
---config.model.posemb=rope_axial --config.batch_size=256. Data fields are documented in
-vit_jax/data/pipeline.py, optimizer fields in vit_jax/train/optim.py, model fields in
-vit_jax/models/vit.py (VisionTransformer).
+A config (an `ml_collections.ConfigDict`) has top-level training fields (`TrainOptions`, here) and
+four sections, each declared next to the code that consumes it:
+
+    model         VisionTransformer fields (vit_jax/models/vit.py), checked by `models.build`
+    data          `DataOptions` (vit_jax/data/options.py)
+    optimizer     `OptimizerOptions` (vit_jax/train/optim.py)
+    init_options  `RestoreOptions` (here): how `init_from` weights are adapted to the model
+
+Each configs/<experiment>.py starts from `base_config()` (every field at its declared default)
+and changes what its experiment needs; every field can be overridden on the command line, e.g.
+--config.model.posemb=rope_axial --config.batch_size=256. `validate(config)` checks every field
+of every section once, before anything expensive; `with_dataset` then fills what the opened
+dataset decides.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
+from vit_jax import models
+from vit_jax.data.options import DataOptions, data_options
+from vit_jax.data.pipeline import DatasetInfo
+from vit_jax.models.resize import RESIZE_METHODS
 from vit_jax.models.vit import VisionTransformer, as_pair
+from vit_jax.options import check, option, read, to_config
+from vit_jax.train import parallel
+from vit_jax.train.optim import OptimizerOptions
 
 # Model fields whose default is None need a typed placeholder to be overridable from the CLI.
 _PLACEHOLDERS = {"representation_size": int}
@@ -54,74 +72,153 @@ def model_config(
     return cfg
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """The top-level fields of a training config (the sections are declared elsewhere)."""
+
+    seed: int = option(0, "seed of initialisation, shuffling, augmentation and the step rng")
+    batch_size: int = option(128, "global training batch, over all devices and hosts", low=1)
+    eval_batch_size: int = option(256, "global evaluation batch", low=1)
+    total_steps: int = option(1000, "training steps (computed from num_epochs when set)", low=1)
+    num_epochs: float | None = option(
+        None,
+        "if set: total_steps = ceil(num_epochs * train examples / batch_size)",
+        type=float,
+        low=0,
+        low_open=True,
+    )
+    grad_accum_steps: int = option(1, "micro-batches per step (gradients averaged)", low=1)
+    label_smoothing: float = option(
+        0.0, "label smoothing of the targets", low=0, high=1, high_open=True
+    )
+    mixup_alpha: float = option(0.0, "mixup Beta(alpha, alpha) parameter; 0 turns mixup off", low=0)
+    parallel: str = option(
+        "jit", "jit over a data-parallel mesh, or pmap", choices=parallel.STRATEGIES
+    )
+    log_every_steps: int = option(50, "steps between training-metric logs", low=1)
+    eval_every_steps: int = option(0, "steps between evaluations; 0: at the end only", low=0)
+    checkpoint_every_steps: int = option(500, "steps between checkpoints", low=1)
+    keep_checkpoints: int = option(2, "newest checkpoints kept in the workdir", low=1)
+    init_from: str | None = option(
+        None,
+        "weights to start from (not a resume): a workdir, its checkpoints dir, a step dir or an "
+        "official / big_vision .npz; resized to the model, a head of another class count re-made",
+        type=str,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreOptions:
+    """How `init_from` weights are adapted to the model (`config.init_options`), passed to
+    `vit_jax.checkpoint.restore_into` as keyword arguments."""
+
+    keep_pre_logits: bool = option(
+        False, "keep the checkpoint's pre-logits layer when the head is re-initialised"
+    )
+    method: str = option(
+        "cubic",
+        "interpolation that resizes position embeddings and bias tables",
+        choices=RESIZE_METHODS,
+    )
+    antialias: bool = option(True, "antialias when a grid is resized down")
+
+
+SECTIONS = ("model", "data", "optimizer", "init_options")
+
+
 def base_config() -> ml_collections.ConfigDict:
-    """Defaults shared by all experiments (a small run on the embedded digits)."""
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.model = model_config("Ti/16", 224)
+    """Every declared field at its default: a small run on the embedded digits."""
+    return to_config(
+        TrainOptions,
+        model=model_config("Ti/16", 224),
+        data=to_config(DataOptions),
+        optimizer=to_config(OptimizerOptions),
+        init_options=to_config(RestoreOptions),
+    )
 
-    config.data = ml_collections.ConfigDict(
-        dict(
-            source="tfds",
-            name="sklearn_digits",
-            data_dir=config_dict.placeholder(str),
-            train_split="train",
-            eval_split="test",
-            train_dir=config_dict.placeholder(str),
-            eval_dir=config_dict.placeholder(str),
-            eval_fraction=0.1,
-            split_seed=0,
-            augment="inception",
-            crop_area_min=0.08,
-            flip=True,
-            eval_crop_fraction=1.0,
-            bad_image="stop",
-            cache=False,
-            num_workers=0,
-            read_threads=2,
-            prefetch=2,
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """A checked config, typed: what the training loop runs on.
+
+    `config` is the resolved, locked ConfigDict (what config.json holds); `model` is None until
+    the dataset has decided the class count (`with_dataset`) if model.num_classes was unset.
+    """
+
+    config: ml_collections.ConfigDict
+    train: TrainOptions
+    data: DataOptions
+    optimizer: OptimizerOptions
+    restore: RestoreOptions
+    model: VisionTransformer | None
+
+
+def validate(config: ml_collections.ConfigDict) -> Settings:
+    """Checks every field of every section once, before anything is read or compiled: unknown
+    fields (with a did-you-mean), types, choices and ranges, then the rules across fields (the
+    batch splits over devices x grad_accum_steps; no unpooled classifier in training). Raises
+    one ValueError naming the field."""
+    config = config.copy_and_resolve_references()
+    train = _train_options(config)
+    data = data_options(_section(config, "data"))
+    optimizer = read(OptimizerOptions, _section(config, "optimizer"), "optimizer.")
+    restore = read(RestoreOptions, _section(config, "init_options"), "init_options.")
+    model_cfg = _section(config, "model")
+    model = _build_model(model_cfg)
+    parallel.check_batch_size(train.batch_size, train.grad_accum_steps)
+    parallel.check_batch_size(train.eval_batch_size)
+    config.lock()
+    known = model_cfg.get("num_classes") is not None
+    return Settings(config, train, data, optimizer, restore, model if known else None)
+
+
+def with_dataset(settings: Settings, info: DatasetInfo) -> Settings:
+    """Fills what the dataset decides: model.num_classes (if unset) and total_steps (from
+    num_epochs); checks the class count against the dataset and builds the model."""
+    config = settings.config.copy_and_resolve_references()
+    with config.unlocked():
+        if config.model.get("num_classes") is None:
+            config.model.num_classes = info.num_classes
+        if settings.train.num_epochs is not None:
+            config.total_steps = math.ceil(
+                settings.train.num_epochs * info.num_train / settings.train.batch_size
+            )
+    if config.model.num_classes != info.num_classes:
+        raise ValueError(
+            f"model.num_classes={config.model.num_classes} but the dataset has "
+            f"{info.num_classes} classes: set --config.model.num_classes={info.num_classes}."
         )
-    )
+    train = _train_options(config)
+    model = _build_model(config.model)
+    config.lock()
+    return dataclasses.replace(settings, config=config, train=train, model=model)
 
-    config.batch_size = 128  # global, over all devices and hosts
-    config.eval_batch_size = 256
-    config.total_steps = 1000
-    config.num_epochs = config_dict.placeholder(float)  # if set, overrides total_steps
-    config.grad_accum_steps = 1
-    config.label_smoothing = 0.0
-    config.mixup_alpha = 0.0
 
-    config.optimizer = ml_collections.ConfigDict(
-        dict(
-            name="adamw",
-            learning_rate=1e-3,
-            schedule="cosine",
-            warmup_steps=100,
-            end_learning_rate=0.0,
-            weight_decay=0.05,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            momentum=0.9,
-            nesterov=False,
-            grad_clip_norm=1.0,
+def _section(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
+    """The section `name` of `config` as a plain dict ({} if absent: all defaults)."""
+    section = config.get(name)
+    return {} if section is None else dict(section)
+
+
+def _train_options(config: Mapping[str, Any]) -> TrainOptions:
+    """The top-level fields as TrainOptions; an unknown top-level field is an error."""
+    values = check(TrainOptions, dict(config), extra=SECTIONS)
+    return TrainOptions(**{k: v for k, v in values.items() if k not in SECTIONS})
+
+
+def _build_model(model_cfg: Mapping[str, Any]) -> VisionTransformer:
+    """The model of a model section (an unset num_classes stands in as 1, to check the other
+    fields before the dataset decides it); refuses a classifier that cannot be trained."""
+    fields = dict(model_cfg)
+    if fields.get("num_classes") is None:
+        fields["num_classes"] = 1
+    model = models.build(fields)
+    if model.classifier == "unpooled":
+        raise ValueError(
+            "model.classifier='unpooled' gives per-token logits, which a classification run "
+            "cannot train on: use 'token', 'gap' or 'map' (unpooled is for feature extraction)."
         )
-    )
-
-    config.parallel = "jit"  # or "pmap"
-    config.log_every_steps = 50
-    config.eval_every_steps = 0  # 0: evaluate at the end only
-    config.checkpoint_every_steps = 500
-    config.keep_checkpoints = 2
-    # Weights to start from (not a resume: optimizer and step start afresh): a workdir, its
-    # checkpoints dir, one step dir, or an official / big_vision .npz. Position embeddings,
-    # bias tables and the patch kernel are resized to this model; a head of another class count
-    # is re-initialised.
-    config.init_from = config_dict.placeholder(str)
-    config.init_options = ml_collections.ConfigDict(
-        dict(keep_pre_logits=False, method="cubic", antialias=True)
-    )
-    return config
+    return model
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:

@@ -1,34 +1,49 @@
-"""Optimizers and learning-rate schedules from the `config.optimizer` block.
+"""Optimizers and learning-rate schedules from the `config.optimizer` section.
 
-Fields: name ('adamw' | 'sgd'), learning_rate (peak), schedule ('cosine' | 'linear' | 'constant'),
-warmup_steps, end_learning_rate, weight_decay (decoupled; applied to kernels only), b1, b2, eps
-(AdamW), momentum, nesterov (SGD), grad_clip_norm (global norm; 0 or None disables it).
+`OptimizerOptions` declares its fields (default, allowed values, help); `make_optimizer` and
+`learning_rate_schedule` take the checked options, e.g. `read(OptimizerOptions, config.optimizer,
+"optimizer.")` (done for a whole config by `vit_jax.train.config.validate`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import optax
+
+from vit_jax.options import option
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
 
 
-def check(cfg) -> None:
-    """Raises ValueError for an optimizer block that cannot work (before any compile)."""
-    if cfg.name not in OPTIMIZERS:
-        raise ValueError(f"optimizer.name={cfg.name!r} is unknown; use one of {OPTIMIZERS}.")
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"optimizer.schedule={cfg.schedule!r} is unknown; use one of {SCHEDULES}.")
-    if cfg.learning_rate <= 0:
-        raise ValueError(f"optimizer.learning_rate={cfg.learning_rate} must be positive.")
+@dataclasses.dataclass(frozen=True)
+class OptimizerOptions:
+    """The optimizer, its learning-rate schedule and gradient clipping."""
+
+    name: str = option("adamw", "optimizer: AdamW or SGD with momentum", choices=OPTIMIZERS)
+    learning_rate: float = option(1e-3, "peak learning rate (after warmup)", low=0, low_open=True)
+    schedule: str = option("cosine", "decay after warmup", choices=SCHEDULES)
+    warmup_steps: int = option(100, "steps of linear warmup from 0 to learning_rate", low=0)
+    end_learning_rate: float = option(0.0, "learning rate at the last step (cosine, linear)", low=0)
+    weight_decay: float = option(0.05, "decoupled weight decay, on kernels only", low=0)
+    b1: float = option(0.9, "AdamW: decay of the first moment", low=0, high=1, high_open=True)
+    b2: float = option(0.999, "AdamW: decay of the second moment", low=0, high=1, high_open=True)
+    eps: float = option(1e-8, "AdamW: added to the second-moment root", low=0, low_open=True)
+    momentum: float = option(0.9, "SGD: momentum", low=0, high=1, high_open=True)
+    nesterov: bool = option(False, "SGD: Nesterov momentum")
+    grad_clip_norm: float | None = option(
+        1.0, "clip gradients to this global norm; 0 or None disables it", low=0, optional=True
+    )
 
 
-def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to cfg.learning_rate, then cosine/linear decay (or constant)."""
+def learning_rate_schedule(cfg: OptimizerOptions, total_steps: int) -> optax.Schedule:
+    """Step -> learning rate: linear warmup from 0 to cfg.learning_rate, then cosine/linear decay
+    to cfg.end_learning_rate at `total_steps` (or constant)."""
     warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
     decay_steps = max(total_steps - warmup, 1)
-    end = cfg.get("end_learning_rate", 0.0)
+    end = cfg.end_learning_rate
     if cfg.schedule == "cosine":
         decay = optax.cosine_decay_schedule(
             cfg.learning_rate, decay_steps, alpha=end / cfg.learning_rate
@@ -53,20 +68,21 @@ def decay_mask(params) -> dict:
     )
 
 
-def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    cfg: OptimizerOptions, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optax chain (clip -> optimizer with masked decoupled weight decay) and its schedule."""
-    check(cfg)
     schedule = learning_rate_schedule(cfg, total_steps)
     parts = []
-    if cfg.get("grad_clip_norm"):
+    if cfg.grad_clip_norm:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
     if cfg.name == "adamw":
         parts.append(
             optax.adamw(
                 schedule,
-                b1=cfg.get("b1", 0.9),
-                b2=cfg.get("b2", 0.999),
-                eps=cfg.get("eps", 1e-8),
+                b1=cfg.b1,
+                b2=cfg.b2,
+                eps=cfg.eps,
                 weight_decay=cfg.weight_decay,
                 mask=decay_mask,
             )
@@ -74,9 +90,5 @@ def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation,
     else:
         if cfg.weight_decay:
             parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
-        parts.append(
-            optax.sgd(
-                schedule, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False)
-            )
-        )
+        parts.append(optax.sgd(schedule, momentum=cfg.momentum, nesterov=cfg.nesterov))
     return optax.chain(*parts), schedule

@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-STRATEGIES = ("jit", "pmap")
+STRATEGIES = ("jit", "pmap")  # the keys of `make`
 AXIS = "data"
 
 
@@ -150,9 +150,7 @@ def host_value(x) -> np.ndarray:
 
 
 def make(strategy: str, devices: list | None = None) -> MeshParallel | PmapParallel:
-    """The parallel strategy named by `config.parallel` (jit: over `devices`, default all)."""
-    if strategy == "jit":
-        return MeshParallel.create(devices)
-    if strategy == "pmap":
-        return PmapParallel.create()
-    raise ValueError(f"parallel={strategy!r} is unknown; use one of {STRATEGIES}.")
+    """The parallel strategy named by `config.parallel`, one of STRATEGIES (checked with the
+    config by `vit_jax.train.config.validate`); jit runs over `devices` (default: all)."""
+    create = {"jit": lambda: MeshParallel.create(devices), "pmap": PmapParallel.create}
+    return create[strategy]()
