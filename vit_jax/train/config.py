@@ -36,8 +36,6 @@ from vit_jax.options import check, option, read, to_config
 from vit_jax.train import parallel
 from vit_jax.train.optim import OptimizerOptions
 
-# Model fields whose default is None need a typed placeholder to be overridable from the CLI.
-_PLACEHOLDERS = {"representation_size": int}
 # Size fields come from the variant string ("B/16"); a value set here overrides it.
 _SIZE_FIELDS = ("hidden_size", "num_layers", "num_heads", "mlp_dim")
 
@@ -45,28 +43,16 @@ _SIZE_FIELDS = ("hidden_size", "num_layers", "num_heads", "mlp_dim")
 def model_config(
     variant: str, image_size: int | tuple[int, int], **overrides
 ) -> ml_collections.ConfigDict:
-    """Every VisionTransformer field with its default, so each one can be set from the CLI."""
-    cfg = ml_collections.ConfigDict()
+    """Every VisionTransformer field at its declared default (vit_jax/models/vit.py), so each
+    one can be set from the CLI. The sizes are None (the variant's) unless set; num_classes is
+    None (the dataset's) unless set; the patch comes from the variant string."""
+    cfg = to_config(VisionTransformer)  # required fields (sizes, patch, image) are left out
     cfg.variant = variant
-    cfg.num_classes = config_dict.placeholder(int)  # None: taken from the dataset
+    cfg.num_classes = config_dict.placeholder(int)
     # A pair, so that --config.model.image_size="(224, 160)" works for non-square images.
     cfg.image_size = as_pair(image_size, "image_size")
     for name in _SIZE_FIELDS:
         cfg[name] = config_dict.placeholder(int)
-    for field in dataclasses.fields(VisionTransformer):
-        if field.name in (
-            "parent",
-            "name",
-            "num_classes",
-            "image_size",
-            "patch_size",
-            *_SIZE_FIELDS,
-        ):
-            continue
-        if field.name in _PLACEHOLDERS:
-            cfg[field.name] = config_dict.placeholder(_PLACEHOLDERS[field.name])
-        else:
-            cfg[field.name] = field.default
     for key, value in overrides.items():
         cfg[key] = value
     return cfg
