@@ -1,6 +1,5 @@
 """Running the training CLI in subprocesses, as a user (or a cluster) would."""
 
-import json
 import os
 import subprocess
 import sys
@@ -47,16 +46,3 @@ def run(
         timeout=timeout,
         cwd=ROOT,
     )
-
-
-def losses_by_step(workdir) -> dict[int, float]:
-    """Train loss of each step in metrics.jsonl (each step must be logged once)."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        steps = [(r["step"], r["loss"]) for r in map(json.loads, f) if "split" not in r]
-    assert len({s for s, _ in steps}) == len(steps), "a step was logged twice"
-    return dict(steps)
-
-
-def eval_records(workdir) -> list[dict]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if "split" in r]

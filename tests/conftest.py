@@ -1,6 +1,58 @@
-"""Shared test set-up: 8 simulated CPU devices (must be set before JAX initialises)."""
+"""Shared test set-up: 8 simulated CPU devices (set before JAX initialises), the small model
+sizes and random parameters every model test uses, the digits dataset built once per session,
+and readers of a run's metrics.
 
+Helpers are imported by the test modules (`from tests.conftest import SMALL, random_params`);
+fixtures (`digits_dir`) are found by pytest.
+"""
+
+import json
 import os
 
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402  (after the environment above)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# The encoder of every small test model: width 32, 2 blocks of 4 heads.
+SMALL = dict(hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
+
+
+def random_params(model, seed: int = 0, channels: int = 3) -> dict:
+    """Random numpy parameters of the model's shapes, every leaf N(0, 0.3²) (zero-initialised
+    heads would hide mistakes and position effects); shapes from eval_shape, nothing compiled."""
+    x = jax.ShapeDtypeStruct((1, *model.image_size, channels), jnp.float32)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+
+
+def read_metrics(workdir) -> list[dict]:
+    """Every record of WORKDIR/metrics.jsonl."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def losses_by_step(workdir) -> dict[int, float]:
+    """Train loss of each step in metrics.jsonl (each step must be logged once)."""
+    steps = [(r["step"], r["loss"]) for r in read_metrics(workdir) if "split" not in r]
+    assert len({s for s, _ in steps}) == len(steps), "a step was logged twice"
+    return dict(steps)
+
+
+def eval_records(workdir) -> list[dict]:
+    """The evaluation records of metrics.jsonl."""
+    return [r for r in read_metrics(workdir) if "split" in r]
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> str:
+    """A tfds data dir with the embedded digits built, once per test session (and worker)."""
+    from vit_jax.data import prepare_digits
+
+    path = str(tmp_path_factory.mktemp("tfds"))
+    prepare_digits(path)
+    return path

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
+from tests.conftest import SMALL, random_params
 from vit_jax import checkpoint, models
 from vit_jax.checkpoint import architecture, manager, restore
 from vit_jax.checkpoint import report as report_lib
@@ -24,7 +25,6 @@ from vit_jax.tools import convert as convert_tool
 from vit_jax.tools import inspect as inspect_tool
 from vit_jax.train.state import create_state
 
-SMALL = dict(hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
 TIMM_REASON = "timm (and torch) not installed: pip install -e '.[timm]' to cross-check with timm"
 
 
@@ -38,14 +38,6 @@ def config_of(image_size=16, variant="Ti/4", num_classes=5, **overrides):
     """The {"model": ...} entry the trainer stores with a checkpoint of `tiny(...)`."""
     fields = {"variant": variant, "num_classes": num_classes, "image_size": image_size}
     return {"model": {**fields, **SMALL, **overrides}}
-
-
-def random_params(model, seed=0, channels=3):
-    """Random numpy parameters of the model's shapes (no compile)."""
-    x = jax.ShapeDtypeStruct((1, *model.image_size, channels), jnp.float32)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
 
 
 def logits(model, params, seed=0):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests import cli
+from tests.conftest import eval_records, losses_by_step
 from vit_jax import models
 from vit_jax.checkpoint import restore_into
 
@@ -64,18 +65,14 @@ def test_legacy_non_square_checkpoints_restore_at_twice_the_resolution(source):
 
 
 @pytest.mark.slow
-def test_a_legacy_workdir_resumes_with_the_losses_the_old_code_logged(tmp_path):
-    from vit_jax import data
-
-    data_dir = tmp_path / "tfds"
-    data.prepare_digits(str(data_dir))
+def test_a_legacy_workdir_resumes_with_the_losses_the_old_code_logged(tmp_path, digits_dir):
     workdir = tmp_path / "workdir"
     shutil.copytree(os.path.join(LEGACY, "workdir"), workdir)
-    flags = cli.tiny_digits_flags(data_dir, workdir, **FLAGS)
+    flags = cli.tiny_digits_flags(digits_dir, workdir, **FLAGS)
     result = cli.run(flags, num_devices=1)
     assert result.returncode == 0, result.stderr
     assert "resumed" in result.stdout
-    losses = cli.losses_by_step(workdir)
+    losses = losses_by_step(workdir)
     want = {int(k): v for k, v in expected()["resumed_losses"].items()}
     np.testing.assert_allclose([losses[s] for s in sorted(want)], [want[s] for s in sorted(want)])
-    assert cli.eval_records(workdir)[-1]["accuracy"] == expected()["resumed_eval_accuracy"]
+    assert eval_records(workdir)[-1]["accuracy"] == expected()["resumed_eval_accuracy"]

@@ -18,13 +18,6 @@ FOLDER_CLASSES = ("ant", "bee", "cat")
 
 
 @pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    digits.prepare_digits(data_dir)
-    return data_dir
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """root/<class>/img_<i>.*: image i is a flat 6x4 image of gray value 8 * i (its identity)."""
     root = tmp_path_factory.mktemp("folder")

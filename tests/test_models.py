@@ -8,31 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import SMALL, random_params
 from vit_jax import models
 from vit_jax.models import patch_embed, posemb
 from vit_jax.models.posemb import relative, rope
 
-SMALL = dict(hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
 POSEMBS = [*models.POSEMBS, "learned+rope_axial", "sincos2d+relative"]
 
 
 def small(image_size=(16, 24), variant="Ti/4x8", **kw):
     return models.create(variant, num_classes=5, image_size=image_size, **{**SMALL, **kw})
-
-
-def randomized(model, image_size, seed=0):
-    """Params with every leaf random (zero-initialised heads would hide position effects)."""
-    x = jnp.zeros((1, *image_size, 3))
-    params = jax.eval_shape(model.init, jax.random.key(seed), x)  # shapes only: no compile
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    return jax.tree.unflatten(
-        tree,
-        [
-            0.3 * jax.random.normal(k, leaf.shape, leaf.dtype)
-            for k, leaf in zip(keys, leaves, strict=True)
-        ],
-    )
 
 
 def images(shape, seed=0):
@@ -82,7 +67,7 @@ def test_default_model_uses_official_parameter_names():
 def test_conv_and_linear_patch_embeddings_agree(image_size, variant):
     conv = small(image_size, variant, patch_embed="conv")
     linear = small(image_size, variant, patch_embed="linear")
-    params = randomized(conv, image_size)
+    params = {"params": random_params(conv)}
     x = images((2, *image_size, 3))
     np.testing.assert_allclose(conv.apply(params, x), linear.apply(params, x), atol=1e-5)
 
@@ -100,7 +85,7 @@ def permute_patches(x, patch_size, perm):
 @pytest.mark.parametrize("name", POSEMBS)
 def test_permuting_patches_changes_logits_only_with_position_information(name):
     model = small((16, 16), "Ti/4", posemb=name, classifier="gap")
-    params = randomized(model, (16, 16))
+    params = {"params": random_params(model)}
     x = images((2, 16, 16, 3))
     perm = np.random.default_rng(0).permutation(16)
     permuted = permute_patches(x, (4, 4), perm)
@@ -121,7 +106,7 @@ def first_layer_logits(model, params, image_size):
 @pytest.mark.parametrize("name", ["relative", "rope_axial", "rope_mixed", "learned"])
 def test_attention_logit_depends_only_on_2d_offset(name):
     model = small((16, 24), "Ti/4", posemb=name, classifier="token")
-    params = randomized(model, (16, 24))
+    params = {"params": random_params(model)}
     logits = first_layer_logits(model, params, (16, 24))
     grid_w = 6
 
@@ -213,7 +198,7 @@ def test_scanned_and_per_block_models_agree(name):
     name = "learned+relative" if name == "relative+learned" else name
     loop = small((16, 16), "Ti/4", posemb=name, classifier="map")
     scanned = small((16, 16), "Ti/4", posemb=name, classifier="map", scan=True)
-    params = randomized(loop, (16, 16))
+    params = {"params": random_params(loop)}
     stacked = models.scan_params(params["params"])
     assert jax.tree.structure(stacked) == jax.tree.structure(
         jax.eval_shape(scanned.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
@@ -229,7 +214,7 @@ def test_scanned_and_per_block_models_agree(name):
 def test_bfloat16_compute_stays_close_to_float32():
     f32 = small((16, 16), "Ti/4")
     bf16 = small((16, 16), "Ti/4", dtype="bfloat16")
-    params = randomized(f32, (16, 16))
+    params = {"params": random_params(f32)}
     x = images((4, 16, 16, 3))
     a, b = f32.apply(params, x), bf16.apply(params, x)
     assert b.dtype == jnp.float32
@@ -274,7 +259,7 @@ def test_every_variant_jit_compiles_and_differentiates(index):
         dropout_rate=0.1,
         stochastic_depth=0.1,
     )
-    params = randomized(model, size)
+    params = {"params": random_params(model)}
 
     @jax.jit
     def loss(params, x):
@@ -292,7 +277,7 @@ def test_every_variant_jit_compiles_and_differentiates(index):
 )
 def test_training_mode_regularizers_are_random_and_reproducible(regularizer):
     model = small((16, 16), "Ti/4", num_layers=3, **{regularizer: 0.5})
-    params = randomized(model, (16, 16))
+    params = {"params": random_params(model)}
     x = images((8, 16, 16, 3))
 
     def run(seed):

@@ -9,21 +9,20 @@ import numpy as np
 import pytest
 
 from tests import cli
-from vit_jax import data
+from tests.conftest import eval_records, losses_by_step
 
 pytestmark = pytest.mark.slow
 
 
-def test_sigkill_then_rerun_gives_the_losses_of_an_uninterrupted_run(tmp_path):
-    data.prepare_digits(str(tmp_path / "tfds"))
+def test_sigkill_then_rerun_gives_the_losses_of_an_uninterrupted_run(tmp_path, digits_dir):
     steps = 200
     reference = tmp_path / "reference"
-    done = cli.run(cli.tiny_digits_flags(tmp_path / "tfds", reference, steps))
+    done = cli.run(cli.tiny_digits_flags(digits_dir, reference, steps))
     assert done.returncode == 0, done.stderr[-2000:]
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        cli.main_command(cli.tiny_digits_flags(tmp_path / "tfds", killed, steps)),
+        cli.main_command(cli.tiny_digits_flags(digits_dir, killed, steps)),
         env=cli.env(1),
         cwd=cli.ROOT,
         stdout=subprocess.DEVNULL,
@@ -34,14 +33,14 @@ def test_sigkill_then_rerun_gives_the_losses_of_an_uninterrupted_run(tmp_path):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = cli.losses_by_step(killed)
+    before = losses_by_step(killed)
     assert 50 <= max(before) < steps, "the run must be killed mid-training, after step 50"
     # (the resumed run drops the records of steps after its checkpoint: each step once)
 
-    resumed = cli.run(cli.tiny_digits_flags(tmp_path / "tfds", killed, steps))
+    resumed = cli.run(cli.tiny_digits_flags(digits_dir, killed, steps))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout
-    expected, got = cli.losses_by_step(reference), cli.losses_by_step(killed)
+    expected, got = losses_by_step(reference), losses_by_step(killed)
     assert sorted(got) == sorted(expected) == list(range(1, steps + 1))
     np.testing.assert_allclose([got[s] for s in expected], list(expected.values()), rtol=1e-4)
-    assert cli.eval_records(killed)[-1]["accuracy"] == cli.eval_records(reference)[-1]["accuracy"]
+    assert eval_records(killed)[-1]["accuracy"] == eval_records(reference)[-1]["accuracy"]

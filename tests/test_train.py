@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from tests.conftest import SMALL, read_metrics
 from vit_jax import data, models
 from vit_jax.data.folder import scan_folder
 from vit_jax.train import optim, parallel
@@ -19,13 +20,11 @@ from vit_jax.train.loop import evaluate, train_and_evaluate
 from vit_jax.train.state import create_state, init_params
 from vit_jax.train.step import make_eval_step, make_train_step, mixup, soft_targets
 
-TINY = dict(hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
-
 
 def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
     """A seconds-long digits run."""
     config = base_config()
-    config.model = model_config("Ti/4", 8, num_classes=10, **TINY)
+    config.model = model_config("Ti/4", 8, num_classes=10, **SMALL)
     config.data.data_dir = str(data_dir)
     config.data.augment = "inception"
     config.data.crop_area_min = 0.5
@@ -40,13 +39,6 @@ def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
     for key, value in overrides.items():
         config[key] = value
     return config
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tfds")
-    data.prepare_digits(str(path))
-    return path
 
 
 def run_steps(par, model, config, batches, num_steps=10, grad_accum_steps=1):
@@ -100,7 +92,7 @@ def losses_decrease(losses):
 
 def test_weight_decay_applies_to_kernels_only():
     model = models.create(
-        "Ti/4", num_classes=3, image_size=8, posemb="learned+relative", classifier="map", **TINY
+        "Ti/4", num_classes=3, image_size=8, posemb="learned+relative", classifier="map", **SMALL
     )
     params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
     mask = optim.decay_mask(params)
@@ -169,11 +161,6 @@ def test_eval_counts_every_example_of_a_split_not_divisible_by_the_batch(digits_
     assert results[0]["num_examples"] == results[1]["num_examples"] == 297
     assert results[0]["accuracy"] == pytest.approx(results[1]["accuracy"], abs=1e-9)
     assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)
-
-
-def read_metrics(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_training_writes_metrics_tensorboard_config_and_checkpoints(digits_dir, tmp_path):

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import SMALL
 from vit_jax import models
 from vit_jax.checkpoint import adapt_params, architecture
 from vit_jax.models import posemb
@@ -15,7 +16,6 @@ from vit_jax.models.posemb.base import no_prefix
 from vit_jax.models.posemb.learned import add_to_patches
 from vit_jax.models.resize import resize_grid
 
-SMALL = dict(hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
 PARAM = "row_embedding_only"
 KEY = f"Transformer/posembed_input/{PARAM}"
 

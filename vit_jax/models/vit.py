@@ -334,12 +334,17 @@ class VisionTransformer(nn.Module):
             name=paths.TRANSFORMER,
         )(x)
 
+        x = self._pool(x, dtype, param_dtype)
+        return self._head(x, dtype, param_dtype).astype(jnp.float32)
+
+    def _pool(self, x: jax.Array, dtype, param_dtype) -> jax.Array:
+        """Encoder output [B, N, D] -> [B, D] by the classifier (unpooled: unchanged)."""
         if self.classifier == "token":
-            x = x[:, 0]
-        elif self.classifier == "gap":
-            x = jnp.mean(x, axis=1)
-        elif self.classifier == "map":
-            x = MAPHead(
+            return x[:, 0]
+        if self.classifier == "gap":
+            return jnp.mean(x, axis=1)
+        if self.classifier == "map":
+            return MAPHead(
                 num_heads=self.num_heads,
                 mlp_dim=self.mlp_dim,
                 activation=self.activation,
@@ -348,6 +353,11 @@ class VisionTransformer(nn.Module):
                 param_dtype=param_dtype,
                 name=paths.MAP_HEAD,
             )(x)
+        return x
+
+    def _head(self, x: jax.Array, dtype, param_dtype) -> jax.Array:
+        """Optional pre-logits (Dense + tanh), then the zero-initialised head (none if
+        num_classes == 0)."""
         if self.representation_size is not None:
             x = nn.Dense(
                 self.representation_size,
@@ -365,7 +375,7 @@ class VisionTransformer(nn.Module):
                 param_dtype=param_dtype,
                 name=paths.HEAD,
             )(x)
-        return x.astype(jnp.float32)
+        return x
 
     @property
     def position(self) -> Position:

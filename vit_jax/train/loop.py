@@ -11,14 +11,18 @@ A rerun with the same workdir resumes from the newest checkpoint: same next batc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import orbax.checkpoint as ocp
 
 from vit_jax import data
 from vit_jax.checkpoint import manager as ckpt
@@ -109,131 +113,195 @@ def check_same_run(manager, config_dict: dict) -> None:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What the stages of a run share: its checked settings, the opened dataset, the workdir,
+    the parallel strategy, the optimizer and schedule, the checkpoint manager and the config
+    as it is stored with each checkpoint."""
+
+    settings: Settings
+    dataset: data.Dataset
+    workdir: str
+    par: parallel.MeshParallel | parallel.PmapParallel
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    manager: ocp.CheckpointManager
+    config_dict: dict
+    eval_step: Callable  # compiled on first use
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains `config` in `workdir` (resuming if it holds checkpoints) and evaluates it.
 
+    Stages: `set_up` (check the config, open the dataset and the checkpoint manager),
+    `initial_state` (restore the newest checkpoint, or initialise / `init_from`), `train_steps`
+    (the step loop with logging, evaluations and saves) and `finish` (final evaluation and
+    summary). The checkpoint manager, the data iterator and the reporter are closed on every
+    exit path, errors included.
+
     Returns the final summary: {"step", "accuracy", "loss", "num_examples", "train_seconds",
-    "img_per_sec"} (and "preempted": True if the run stopped for a preemption).
+    "img_per_sec"} (or {"step", "preempted": True} if the run stopped for a preemption).
     """
+    with contextlib.ExitStack() as cleanup:
+        run = set_up(config, workdir)
+        cleanup.callback(run.manager.close)
+        state, train_iter, resumed = initial_state(run)
+        cleanup.callback(getattr(train_iter, "close", lambda: None))
+        start_step = int(to_host(state["step"]))
+        reporter = Reporter(run.workdir, run.settings.train.total_steps, start_step)
+        cleanup.callback(reporter.close)
+        if resumed:
+            reporter.message(f"resumed from {run.manager.directory} at step {start_step}")
+        state, train_seconds, preempted = train_steps(run, state, train_iter, reporter)
+        if preempted:
+            reporter.message(f"preempted at step {preempted}: checkpoint saved; rerun to resume")
+            return {"step": preempted, "preempted": True}
+        return finish(run, state, start_step, train_seconds, reporter)
+
+
+def set_up(config, workdir: str) -> Run:
+    """Checks every field, prepares the workdir, opens the dataset (once) and the checkpoint
+    manager, and refuses a workdir that holds a run of another model."""
     settings = validate(config)  # every field of every section, before anything is read
     workdir = prepare_workdir(workdir)
     dataset = data.open_dataset(settings.data)  # opened once: every loader and eval reuses it
-    info = dataset.info
-    settings = with_dataset(settings, info)
-    run, model = settings.train, settings.model
-    par = parallel.make(run.parallel)
-    tx, schedule = optim.make_optimizer(settings.optimizer, run.total_steps)
+    settings = with_dataset(settings, dataset.info)
+    train = settings.train
+    tx, schedule = optim.make_optimizer(settings.optimizer, train.total_steps)
     config_dict = json.loads(settings.config.to_json_best_effort())
     manager = ckpt.open_manager(
-        workdir, keep=run.keep_checkpoints, save_every=run.checkpoint_every_steps
+        workdir, keep=train.keep_checkpoints, save_every=train.checkpoint_every_steps
     )
-    check_same_run(manager, config_dict)
+    try:
+        check_same_run(manager, config_dict)
+    except ValueError:
+        manager.close()
+        raise
+    par = parallel.make(train.parallel)
+    eval_step = par.compile_eval(make_eval_step(settings.model, axis_name=par.axis_name))
+    return Run(settings, dataset, workdir, par, tx, schedule, manager, config_dict, eval_step)
 
-    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(run.seed))
+
+def initial_state(run: Run):
+    """The train state on the devices, the training iterator at its position, and whether the
+    state was restored: the newest checkpoint's, else fresh (or `init_from`) parameters; the
+    resolved config is written to WORKDIR/config.json."""
+    settings, model, channels = run.settings, run.settings.model, run.dataset.info.channels
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(settings.train.seed))
     replicated = parallel.global_replicated()
     state = None
-    if manager.latest_step() is None:  # init_from is read and checked before any data loads
-        params = initial_params(settings, init_rng, info.channels, replicated)
-        state = jax.jit(lambda p, r: create_state(p, tx, r), out_shardings=replicated)(
+    if run.manager.latest_step() is None:  # init_from is read and checked before any data loads
+        params = initial_params(settings, init_rng, channels, replicated)
+        state = jax.jit(lambda p, r: create_state(p, run.tx, r), out_shardings=replicated)(
             params, train_rng
         )
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(config_dict, f, indent=2)
-
+        with open(os.path.join(run.workdir, "config.json"), "w") as f:
+            json.dump(run.config_dict, f, indent=2)
     train_iter = iter(
         data.train_loader(
-            dataset,
+            run.dataset,
             image_size=model.image_size,
-            global_batch_size=run.batch_size,
-            seed=run.seed,
+            global_batch_size=settings.train.batch_size,
+            seed=settings.train.seed,
         )
-    )
-    abstract = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-        jax.eval_shape(
-            lambda: create_state(init_params(model, init_rng, info.channels), tx, train_rng)
-        ),
     )
     resumed = state is None
     if resumed:
-        state = ckpt.restore_latest(manager, abstract, train_iter)
-    start_step = int(to_host(state["step"]))
-    reporter = Reporter(workdir, run.total_steps, start_step)
-    if resumed:
-        reporter.message(f"resumed from {manager.directory} at step {start_step}")
-    base_rng = jnp.asarray(to_host(state["rng"]))
-    state = par.put_state(state)
+        abstract = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+            jax.eval_shape(
+                lambda: create_state(init_params(model, init_rng, channels), run.tx, train_rng)
+            ),
+        )
+        state = ckpt.restore_latest(run.manager, abstract, train_iter)
+    return state, train_iter, resumed
 
+
+def train_steps(run: Run, state, train_iter, reporter: Reporter):
+    """Runs the steps from the state's step to total_steps, logging every log_every_steps,
+    evaluating every eval_every_steps and saving as the manager decides (and at the end).
+    Returns (state, training seconds, the step of a preemption or 0)."""
+    settings, par, train = run.settings, run.par, run.settings.train
+    start_step = int(to_host(state["step"]))
+    base_rng = jnp.asarray(to_host(state["rng"]))
+    reporter.message(describe(run, state, start_step))
+    state = par.put_state(state)
     train_step = par.compile_train(
         make_train_step(
-            model,
-            tx,
-            schedule,
-            label_smoothing=run.label_smoothing,
-            mixup_alpha=run.mixup_alpha,
-            grad_accum_steps=run.grad_accum_steps,
+            settings.model,
+            run.tx,
+            run.schedule,
+            label_smoothing=train.label_smoothing,
+            mixup_alpha=train.mixup_alpha,
+            grad_accum_steps=train.grad_accum_steps,
             axis_name=par.axis_name,
         )
     )
-    eval_step = par.compile_eval(make_eval_step(model, axis_name=par.axis_name))
-    n_params = sum(x.size for x in jax.tree.leaves(abstract["params"]))
-    reporter.message(
-        f"{settings.config.model.variant} ({n_params:,} parameters) on {settings.data.name}: "
-        f"{info.num_train} train / {info.num_eval} eval images, batch {run.batch_size} over "
-        f"{jax.device_count()} devices ({run.parallel}), "
-        f"steps {start_step}->{run.total_steps}"
-    )
-
     pending, last_time, last_step = [], time.perf_counter(), start_step
     train_start = time.perf_counter()
-    for step in range(start_step, run.total_steps):
+    for step in range(start_step, train.total_steps):
         batch = par.put_batch(next(train_iter))
-        rng = jax.random.fold_in(base_rng, step)
-        state, metrics = train_step(state, batch, par.put_rng(rng))
+        state, metrics = train_step(state, batch, par.put_rng(jax.random.fold_in(base_rng, step)))
         pending.append(metrics)
         done = step + 1
-        if done % run.log_every_steps == 0 or done == run.total_steps:
+        if done % train.log_every_steps == 0 or done == train.total_steps:
             means = {k: np.mean([par.metric(m[k]) for m in pending]) for k in pending[0]}
             now = time.perf_counter()
-            reporter.train(done, means, (done - last_step) * run.batch_size / (now - last_time))
+            reporter.train(done, means, (done - last_step) * train.batch_size / (now - last_time))
             pending, last_time, last_step = [], now, done
-        if run.eval_every_steps and done % run.eval_every_steps == 0 and done < run.total_steps:
-            result = evaluate(
-                par, eval_step, state["params"], dataset, model.image_size, run.eval_batch_size
-            )
-            reporter.eval(done, "eval", **result)
-        preempted = manager.reached_preemption(done)
-        if done == run.total_steps or manager.should_save(done):
-            ckpt.save(manager, done, par.host_state(state), train_iter, config_dict, force=True)
+        if (
+            train.eval_every_steps
+            and done % train.eval_every_steps == 0
+            and done < train.total_steps
+        ):
+            reporter.eval(done, "eval", **evaluate_run(run, state))
+        preempted = run.manager.reached_preemption(done)
+        if done == train.total_steps or run.manager.should_save(done):
+            state_to_save = par.host_state(state)
+            ckpt.save(run.manager, done, state_to_save, train_iter, run.config_dict, force=True)
         if preempted:
-            manager.wait_until_finished()
-            manager.close()
-            reporter.message(f"preempted at step {done}: checkpoint saved; rerun to resume")
-            reporter.close()
-            return {"step": done, "preempted": True}
-    train_seconds = time.perf_counter() - train_start
+            run.manager.wait_until_finished()
+            return state, time.perf_counter() - train_start, done
+    return state, time.perf_counter() - train_start, 0
 
-    result = evaluate(
-        par, eval_step, state["params"], dataset, model.image_size, run.eval_batch_size
+
+def describe(run: Run, state, start_step: int) -> str:
+    """The line that opens a run: model, data, batch, devices and steps (`state` as restored
+    or initialised, before it is put on the devices)."""
+    settings, info, train = run.settings, run.dataset.info, run.settings.train
+    n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+    return (
+        f"{settings.config.model.variant} ({n_params:,} parameters) on {settings.data.name}: "
+        f"{info.num_train} train / {info.num_eval} eval images, batch {train.batch_size} over "
+        f"{jax.device_count()} devices ({train.parallel}), "
+        f"steps {start_step}->{train.total_steps}"
     )
-    final_step = int(par.metric(state["step"]))
+
+
+def evaluate_run(run: Run, state) -> dict:
+    """`evaluate` of the run's model on its eval split, with the state's parameters."""
+    image_size, batch = run.settings.model.image_size, run.settings.train.eval_batch_size
+    return evaluate(run.par, run.eval_step, state["params"], run.dataset, image_size, batch)
+
+
+def finish(run: Run, state, start_step: int, train_seconds: float, reporter: Reporter) -> dict:
+    """Evaluates the final state, waits for the last save and reports the summary."""
+    result = evaluate_run(run, state)
+    final_step = int(run.par.metric(state["step"]))
     reporter.eval(final_step, "eval", **result)
-    manager.wait_until_finished()
-    manager.close()
+    run.manager.wait_until_finished()
     steps_run = final_step - start_step
+    batch_size = run.settings.train.batch_size
     summary = {
         "step": final_step,
         **result,
         "train_seconds": train_seconds,
-        "img_per_sec": steps_run * run.batch_size / train_seconds if train_seconds else 0.0,
+        "img_per_sec": steps_run * batch_size / train_seconds if train_seconds else 0.0,
     }
     reporter.message(
         f"done: step {final_step}, eval accuracy {result['accuracy']:.4f} on "
         f"{result['num_examples']} examples, {steps_run} steps in "
         f"{format_duration(train_seconds)} ({summary['img_per_sec']:,.0f} img/s)"
     )
-    reporter.close()
-    if hasattr(train_iter, "close"):
-        train_iter.close()
     return summary

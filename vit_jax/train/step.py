@@ -31,6 +31,33 @@ def mixup(images: jax.Array, targets: jax.Array, rng: jax.Array, alpha: float):
     return mix(images), mix(targets)
 
 
+def accumulated_grads(grad_fn, params, batch: dict, rng: jax.Array, steps: int):
+    """Mean loss, accuracy and gradients over `steps` equal micro-batches of `batch`.
+
+    grad_fn(params, images, labels, rng) -> ((loss, accuracy), grads). Micro-batch k takes rows
+    k, k + steps, k + 2 steps, ...: each device's contiguous shard of the batch splits into its
+    own micro-batches, so no rows move between devices. Micro-batch k draws its randomness from
+    fold_in(rng, k).
+    """
+    if steps == 1:
+        (loss, accuracy), grads = grad_fn(params, batch["image"], batch["label"], rng)
+        return loss, accuracy, grads
+    micro = jax.tree.map(
+        lambda x: x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1), batch
+    )
+
+    def body(carry, inputs):
+        index, mb = inputs
+        (loss, accuracy), grads = grad_fn(
+            params, mb["image"], mb["label"], jax.random.fold_in(rng, index)
+        )
+        return jax.tree.map(jnp.add, carry, (loss, accuracy, grads)), None
+
+    zeros = (0.0, 0.0, jax.tree.map(jnp.zeros_like, params))
+    sums, _ = jax.lax.scan(body, zeros, (jnp.arange(steps), micro))
+    return jax.tree.map(lambda x: x / steps, sums)
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -59,35 +86,12 @@ def make_train_step(
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def accumulated_grads(params, batch, rng):
-        """Mean loss, accuracy and gradients over `grad_accum_steps` equal micro-batches."""
-        if grad_accum_steps == 1:
-            (loss, accuracy), grads = grad_fn(params, batch["image"], batch["label"], rng)
-            return loss, accuracy, grads
-        # Micro-batch k takes rows k, k + A, k + 2A, ...: each device's contiguous shard of
-        # the batch splits into its own micro-batches, so no rows move between devices.
-        micro = jax.tree.map(
-            lambda x: x.reshape(
-                x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:]
-            ).swapaxes(0, 1),
-            batch,
-        )
-
-        def body(carry, inputs):
-            index, mb = inputs
-            (loss, accuracy), grads = grad_fn(
-                params, mb["image"], mb["label"], jax.random.fold_in(rng, index)
-            )
-            return jax.tree.map(jnp.add, carry, (loss, accuracy, grads)), None
-
-        zeros = (0.0, 0.0, jax.tree.map(jnp.zeros_like, params))
-        sums, _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
-        return jax.tree.map(lambda x: x / grad_accum_steps, sums)
-
     def train_step(state: dict, batch: dict, rng: jax.Array) -> tuple[dict, dict]:
         if axis_name is not None:  # different dropout masks on each device's shard
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-        loss, accuracy, grads = accumulated_grads(state["params"], batch, rng)
+        loss, accuracy, grads = accumulated_grads(
+            grad_fn, state["params"], batch, rng, grad_accum_steps
+        )
         if axis_name is not None:
             loss, accuracy, grads = jax.lax.pmean((loss, accuracy, grads), axis_name)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -128,4 +132,4 @@ def make_eval_step(model: nn.Module, *, axis_name: str | None = None):
     return eval_step
 
 
-__all__ = ["make_eval_step", "make_train_step", "mixup", "soft_targets"]
+__all__ = ["accumulated_grads", "make_eval_step", "make_train_step", "mixup", "soft_targets"]
