@@ -69,7 +69,8 @@ class ParamRule:
     candidates: the grids a stored length is consistent with, given its prefix rows.
     prefix_hint: the class-token rows of a stored length when the grid is unknown
       (`has_class_token`: the checkpoint has a `cls` parameter).
-    resize: (value, old layout, new layout, method, antialias) -> the value on the new layout.
+    resize: (value, old layout, new layout, *, method, antialias) -> the value on the new
+      layout.
     """
 
     name: str
@@ -84,6 +85,14 @@ class ParamRule:
         """The class-token rows (0 or 1) that make `stored_length` fit `grid`, if any."""
         fitting = [p for p in (0, 1) if self.length(Layout(grid, p)) == stored_length]
         return fitting[0] if fitting else None
+
+
+def prefix_counts(old: Layout, new: Layout) -> dict[str, int]:
+    """The class-token counts of a move between layouts, as the resize functions take them."""
+    return {
+        "num_prefix_tokens": old.num_prefix_tokens,
+        "new_num_prefix_tokens": new.num_prefix_tokens,
+    }
 
 
 def grid_independent(name: str, variant: str) -> ParamRule:

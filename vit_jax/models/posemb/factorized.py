@@ -69,9 +69,8 @@ def check(model) -> None:
 def _rule(name: str, axis_of_grid: int) -> ParamRule:
     """The rule of the table along grid axis `axis_of_grid` (0: rows, 1: columns)."""
 
-    def resize(value, old: Layout, new: Layout, *, method: str, antialias: bool) -> jax.Array:
-        length = new.grid[axis_of_grid]
-        return resize_factorized(value, length, method=method, antialias=antialias)
+    def resize(value, old: Layout, new: Layout, **options) -> jax.Array:
+        return resize_factorized(value, new.grid[axis_of_grid], **options)
 
     def candidates(length: int, prefix: int) -> set:
         return {(length, None)} if axis_of_grid == 0 else {(None, length)}

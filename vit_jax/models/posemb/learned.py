@@ -15,7 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models.posemb.base import Layout, ParamRule, Position, Variant, factor_pairs
+from vit_jax.models.posemb.base import (
+    Layout,
+    ParamRule,
+    Position,
+    Variant,
+    factor_pairs,
+    prefix_counts,
+)
 from vit_jax.models.resize import resize_grid
 
 PARAM = "pos_embedding"
@@ -88,16 +95,8 @@ def resize_posemb(
     return jnp.concatenate(rows, axis=0)[None]
 
 
-def _resize(value, old: Layout, new: Layout, *, method: str, antialias: bool) -> jax.Array:
-    return resize_posemb(
-        value,
-        new.grid,
-        num_prefix_tokens=old.num_prefix_tokens,
-        old_grid=old.grid,
-        new_num_prefix_tokens=new.num_prefix_tokens,
-        method=method,
-        antialias=antialias,
-    )
+def _resize(value, old: Layout, new: Layout, **options) -> jax.Array:
+    return resize_posemb(value, new.grid, old_grid=old.grid, **prefix_counts(old, new), **options)
 
 
 RULE = ParamRule(
@@ -112,8 +111,5 @@ RULE = ParamRule(
 )
 
 VARIANT = Variant(
-    name="learned",
-    doc="learned table [1, (1 +) h*w, D] added to the tokens (official ViT)",
-    add=add,
-    params=(RULE,),
+    "learned", "a learned table added to the tokens (official ViT)", add=add, params=(RULE,)
 )

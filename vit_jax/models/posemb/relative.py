@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models.posemb.base import Layout, ParamRule, Position, Variant
+from vit_jax.models.posemb.base import Layout, ParamRule, Position, Variant, prefix_counts
 from vit_jax.models.resize import resize_grid
 
 PARAM = "relative_position_bias_table"
@@ -119,16 +119,8 @@ def _candidates(length: int, prefix: int) -> set:
     }
 
 
-def _resize(value, old: Layout, new: Layout, *, method: str, antialias: bool) -> jax.Array:
-    return resize_bias_table(
-        value,
-        old.grid,
-        new.grid,
-        num_prefix_tokens=old.num_prefix_tokens,
-        new_num_prefix_tokens=new.num_prefix_tokens,
-        method=method,
-        antialias=antialias,
-    )
+def _resize(value, old: Layout, new: Layout, **options) -> jax.Array:
+    return resize_bias_table(value, old.grid, new.grid, **prefix_counts(old, new), **options)
 
 
 RULE = ParamRule(
@@ -143,8 +135,5 @@ RULE = ParamRule(
 )
 
 VARIANT = Variant(
-    name="relative",
-    doc="learned bias per head and 2D offset on the attention logits (Swin/BEiT)",
-    bias=bias,
-    params=(RULE,),
+    "relative", "learned bias per 2D offset on the logits (Swin)", bias=bias, params=(RULE,)
 )
