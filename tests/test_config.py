@@ -18,12 +18,15 @@ from vit_jax.train.config import (
     with_dataset,
 )
 from vit_jax.train.optim import OptimizerOptions
+from vit_jax.train.sharding import MeshOptions, ShardingOptions
 
 SECTIONS = {
     None: TrainOptions,
     "data": DataOptions,
     "optimizer": OptimizerOptions,
     "init_options": RestoreOptions,
+    "mesh": MeshOptions,
+    "sharding": ShardingOptions,
 }
 
 
@@ -48,6 +51,7 @@ def test_base_config_is_the_declared_defaults():
     settings = validate(base_config())
     assert settings.train == TrainOptions() and settings.data == DataOptions()
     assert settings.optimizer == OptimizerOptions() and settings.restore == RestoreOptions()
+    assert settings.mesh == MeshOptions() and settings.sharding == ShardingOptions()
     assert settings.model is None  # num_classes comes from the dataset
 
 

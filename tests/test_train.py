@@ -17,6 +17,7 @@ from vit_jax.data.folder import scan_folder
 from vit_jax.train import optim, parallel
 from vit_jax.train.config import base_config, model_config, validate
 from vit_jax.train.loop import evaluate, train_and_evaluate
+from vit_jax.train.sharding import MeshOptions, ShardingOptions
 from vit_jax.train.state import create_state, init_params
 from vit_jax.train.step import make_eval_step, make_train_step, mixup, soft_targets
 
@@ -46,7 +47,9 @@ def run_steps(par, model, config, batches, num_steps=10, grad_accum_steps=1):
     tx, schedule = optim.make_optimizer(validate(config).optimizer, 100)
     rng = jax.random.PRNGKey(0)
     params = init_params(model, rng, 1)
-    state = par.put_state(create_state(params, tx, rng))
+    state = create_state(params, tx, rng)
+    shardings = par.state_shardings(state)
+    state = par.put_state(state)
     step = par.compile_train(
         make_train_step(
             model,
@@ -55,11 +58,12 @@ def run_steps(par, model, config, batches, num_steps=10, grad_accum_steps=1):
             label_smoothing=0.1,
             grad_accum_steps=grad_accum_steps,
             axis_name=par.axis_name,
-        )
+        ),
+        shardings,
     )
     losses = []
     for i in range(num_steps):
-        state, metrics = step(state, par.put_batch(batches[i]), par.put_rng(jax.random.PRNGKey(i)))
+        state, metrics = step(state, par.put_batch(batches[i]))
         losses.append(float(par.metric(metrics["loss"])))
     return np.array(losses), par.host_state(state)
 
@@ -84,6 +88,38 @@ def test_mesh_pmap_and_single_device_give_the_same_losses(digits_dir):
         mesh_state["params"],
         pmap_state["params"],
     )
+
+
+def bytes_on(device, tree) -> int:
+    """Bytes of the shards of `tree`'s arrays that live on `device`."""
+    return sum(
+        shard.data.nbytes
+        for leaf in jax.tree.leaves(tree)
+        for shard in leaf.addressable_shards
+        if shard.device == device
+    )
+
+
+def test_fsdp_gives_the_losses_of_data_parallelism_with_an_eighth_of_the_state_per_device(
+    digits_dir,
+):
+    config = tiny_config(digits_dir)
+    model = models.build(config.model)
+    dataset = data.open_dataset(validate(config).data)
+    it = iter(data.train_loader(dataset, image_size=(8, 8), global_batch_size=32, seed=0))
+    batches = [next(it) for _ in range(10)]
+    dp, dp_state = run_steps(parallel.make("jit"), model, config, batches)
+    fsdp_par = parallel.make(
+        "jit", mesh=MeshOptions(data=1, fsdp=8), options=ShardingOptions(fsdp_min_size_mb=0)
+    )
+    fsdp, fsdp_state = run_steps(fsdp_par, model, config, batches)
+    np.testing.assert_allclose(fsdp, dp, rtol=1e-4)
+    for part in ("params", "opt_state"):
+        total = sum(x.nbytes for x in jax.tree.leaves(fsdp_state[part]))
+        per_device = [bytes_on(d, fsdp_state[part]) for d in jax.devices()]
+        # Every tensor splits over 8 but the 10-class head bias (and Adam's step count).
+        assert max(per_device) <= total / 8 * 1.02, (part, per_device, total)
+        assert bytes_on(jax.devices()[0], dp_state[part]) == total  # data parallel: replicated
 
 
 def losses_decrease(losses):

@@ -2,8 +2,9 @@
 
     WORKDIR/checkpoints/<step>/
       state   the train state dict {"params", "opt_state", "step", "rng"} (StandardSave)
-      data    the grain iterator's position, one file per process (process_{i}-of-{n}.json)
       config  the resolved run config as JSON
+      data    (written by vit_jax 0.1 only: the grain iterator's position per process; the
+              position is now the state's step, and this item is not read)
 
 A step directory exists only once complete: Orbax writes to a temporary directory and renames
 it. Params-only checkpoints (tools/convert) have the same layout with {"params"} in `state`.
@@ -13,13 +14,12 @@ from __future__ import annotations
 
 import os
 
-import grain
 import orbax.checkpoint as ocp
 
 from vit_jax.checkpoint.errors import UnreadableCheckpointError
 
 CHECKPOINTS = "checkpoints"
-STATE, DATA, CONFIG = "state", "data", "config"
+STATE, CONFIG = "state", "config"
 PARAMS = "params"  # the parameters' key in the state
 
 
@@ -28,29 +28,20 @@ def checkpoints_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
 
 
-def item_handlers(*, data: bool = True, config: bool = True) -> dict:
+def item_handlers(*, config: bool = True) -> dict:
     """The Orbax handler of each item."""
     handlers = {STATE: ocp.StandardCheckpointHandler()}
-    if data:
-        handlers[DATA] = grain.checkpoint.CheckpointHandler()
     if config:
         handlers[CONFIG] = ocp.JsonCheckpointHandler()
     return handlers
 
 
-def save_args(state, data_iterator=None, config: dict | None = None) -> ocp.args.Composite:
-    """What a save writes: the state, and the iterator position and config when given."""
+def save_args(state, config: dict | None = None) -> ocp.args.Composite:
+    """What a save writes: the state, and the config when given."""
     items = {STATE: ocp.args.StandardSave(state)}
-    if data_iterator is not None:
-        items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     if config is not None:
         items[CONFIG] = ocp.args.JsonSave(config)
     return ocp.args.Composite(**items)
-
-
-def data_position_file(step_dir: str, process_index: int, process_count: int) -> str:
-    """The file holding one process's iterator position in a step directory."""
-    return os.path.join(step_dir, DATA, f"process_{process_index}-of-{process_count}.json")
 
 
 def is_step_dir(path: str) -> bool:

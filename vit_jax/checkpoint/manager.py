@@ -1,7 +1,8 @@
-"""Orbax checkpoints of a training run: state, data-iterator position and config, together.
+"""Orbax checkpoints of a training run: the train state and the config, together.
 
-The layout (WORKDIR/checkpoints/<step>/{state, data, config}) is in checkpoint/layout.py. The
-data-iterator position lets a resume read exactly the next batch; the config is read by
+The layout (WORKDIR/checkpoints/<step>/{state, config}) is in checkpoint/layout.py. The data
+position is the state's step (the training stream is a function of the seed and the step), so
+a resume reads exactly the next batch on any topology; the config is read by
 `vit_jax.tools.inspect` and `init_from`.
 
 Saves are asynchronous: training goes on while the files are written; a step directory only
@@ -11,12 +12,7 @@ mid-save resumes from the previous complete checkpoint.
 
 from __future__ import annotations
 
-import os
-
-import grain
-import jax
 import orbax.checkpoint as ocp
-from absl import logging
 
 from vit_jax.checkpoint import layout
 
@@ -43,46 +39,23 @@ def open_manager(workdir: str, *, keep: int, save_every: int) -> ocp.CheckpointM
 
 
 def save(
-    manager: ocp.CheckpointManager,
-    step: int,
-    state,
-    data_iterator,
-    config: dict,
-    *,
-    force: bool = False,
+    manager: ocp.CheckpointManager, step: int, state, config: dict, *, force: bool = False
 ) -> bool:
-    """Starts an asynchronous save of `state` and the iterator position; False if not due."""
-    return manager.save(step, args=layout.save_args(state, data_iterator, config), force=force)
+    """Starts an asynchronous save of `state` with the run's config; False if not due."""
+    return manager.save(step, args=layout.save_args(state, config=config), force=force)
 
 
-def data_position_saved(manager: ocp.CheckpointManager, step: int) -> bool:
-    """True if `step` holds this process's iterator position (grain writes one file per process
-    named process_{i}-of-{n}.json; a run on another number of processes finds none)."""
-    step_dir = str(manager.directory / str(step))
-    return os.path.exists(
-        layout.data_position_file(step_dir, jax.process_index(), jax.process_count())
-    )
+def restore_latest(manager: ocp.CheckpointManager, abstract_state):
+    """Restores the newest checkpoint into `abstract_state`'s shapes and shardings (any mesh,
+    any number of processes: Orbax reshards). Returns the state, or None if there is none.
 
-
-def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator):
-    """Restores the newest checkpoint into `abstract_state`'s shapes and shardings and moves
-    `data_iterator` to its saved position. Returns the state, or None if there is none.
-
-    Resuming on another number of processes restores the state but starts the data iterator
-    afresh (the saved positions belong to other shards); a warning says so.
+    The data position is the state's step (the loader starts there): a `data` item that
+    earlier versions wrote is not read.
     """
     step = manager.latest_step()
     if step is None:
         return None
     items = {layout.STATE: ocp.args.StandardRestore(abstract_state)}
-    if data_position_saved(manager, step):
-        items[layout.DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
-    else:
-        logging.warning(
-            "checkpoint %d was written by another number of processes: the data iterator "
-            "starts afresh (training is no longer bit-identical to an uninterrupted run).",
-            step,
-        )
     return manager.restore(step, args=ocp.args.Composite(**items))[layout.STATE]
 
 

@@ -70,7 +70,7 @@ def save_orbax_params(
     """Writes `params` as PATH/<step>/state = {"params": ...} (and PATH/<step>/config if given),
     the layout `load_orbax_params` and `init_from` read. Returns the step directory."""
     path = os.path.abspath(os.fspath(path))
-    handlers = layout.item_handlers(data=False, config=config is not None)
+    handlers = layout.item_handlers(config=config is not None)
     with ocp.CheckpointManager(path, item_handlers=handlers) as manager:
         manager.save(
             step, args=layout.save_args({layout.PARAMS: params}, config=config), force=True

@@ -310,6 +310,22 @@ def _prefetch(ds: grain.IterDataset, opts: DataOptions) -> grain.IterDataset:
     return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=opts.prefetch)
 
 
+@dataclasses.dataclass(frozen=True)
+class ProcessRows(grain.transforms.Map):
+    """Local position k of one process -> the example at its global position in `stream`:
+    process i of a run with global batch B and b = B / processes takes rows [i*b, (i+1)*b) of
+    every global batch, so local position k is global position (k // b) * B + i * b + k % b."""
+
+    stream: grain.MapDataset
+    global_batch_size: int
+    batch_size: int
+    shard_index: int
+
+    def map(self, k: int):
+        step, row = divmod(k, self.batch_size)
+        return self.stream[step * self.global_batch_size + self.shard_index * self.batch_size + row]
+
+
 def train_loader(
     dataset: Dataset,
     *,
@@ -317,32 +333,42 @@ def train_loader(
     global_batch_size: int,
     seed: int,
     shard: grain.sharding.ShardOptions | None = None,
+    start_step: int = 0,
 ) -> grain.IterDataset:
-    """The infinite, shuffled, augmented training stream of this process, over the opened
-    `dataset`'s train split.
+    """The infinite, shuffled, augmented training stream of this process, from step
+    `start_step`, over the opened `dataset`'s train split.
 
-    `iter()` of the result is a grain `DatasetIterator` yielding {'image': float32
-    [b, H, W, C] in [-1, 1], 'label': int32 [b]} with b = global_batch_size // process count;
-    its `get_state()` / `set_state()` (or `grain.checkpoint.CheckpointSave/CheckpointRestore`
-    in Orbax) resume at exactly the next batch. Each process takes an equal strided shard of the
-    split (`shard` defaults to `ShardByJaxProcess`; pass `ShardOptions` to simulate processes),
-    reshuffled every epoch; batches run across epoch boundaries, so none is partial. Shuffle
-    and augmentation are seeded by (seed, shard index) and the example's position in the
-    stream, so a resumed run sees the same batches. Call the iterator's `close()` to stop its
-    threads or worker processes early.
+    `iter()` of the result yields {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]}
+    with b = global_batch_size // process count. The global batch of step t depends on the seed
+    and t only: one stream over the whole split, reshuffled every epoch with the seed, each
+    example augmented with a key of the seed and its position in the stream; process i takes
+    rows [i*b, (i+1)*b) of every global batch (`shard` defaults to `ShardByJaxProcess`; pass
+    `ShardOptions` to simulate processes). So runs on any topology (1 process x 8 devices,
+    2 x 4, ...) see the same examples in the same order, and a run resumed at step t, on any
+    topology, continues with exactly the batches an uninterrupted one would have seen. Batches
+    run across epoch boundaries, so none is partial. With bad_image='skip', a skipped example
+    is replaced by the process's next one (order then depends on the topology). Call the
+    iterator's `close()` to stop its threads or worker processes early.
     """
     opts = dataset.options
     shard, batch_size = _per_process_batch(global_batch_size, shard)
-    source = dataset.train
-    usable = len(source) - len(source) % shard.shard_count  # Equal shards keep epochs aligned.
-    ds = grain.MapDataset.source(source)[:usable][shard.shard_index :: shard.shard_count]
-    if len(ds) == 0:
-        raise ValueError(f"The training split has {len(source)} examples: too few to shard.")
-    shuffle_seed, augment_seed = np.random.SeedSequence([seed, shard.shard_index]).generate_state(2)
+    if len(dataset.train) == 0:
+        raise ValueError("The training split is empty.")
+    # The seeds of the one-process stream of earlier versions (shard index 0), so that their
+    # runs resume with the same batches.
+    shuffle_seed, augment_seed = np.random.SeedSequence([seed, 0]).generate_state(2)
     preprocess = TrainPreprocess(tuple(image_size), opts.augment, opts.crop_area_min, opts.flip)
-    ds = ds.shuffle(int(shuffle_seed)).repeat().random_map(preprocess, seed=int(augment_seed))
+    stream = (
+        grain.MapDataset.source(dataset.train)
+        .shuffle(int(shuffle_seed))
+        .repeat()
+        .random_map(preprocess, seed=int(augment_seed))
+    )
+    rows = ProcessRows(stream, global_batch_size, batch_size, shard.shard_index)
+    start = start_step * batch_size
+    ds = grain.MapDataset.range(start, start + len(stream) // global_batch_size * batch_size)
     # Batching after to_iter_dataset lets skipped (None) examples drop out of full batches.
-    ds = ds.to_iter_dataset(_read_options(opts)).batch(batch_size, drop_remainder=True)
+    ds = ds.map(rows).to_iter_dataset(_read_options(opts)).batch(batch_size, drop_remainder=True)
     return _prefetch(ds, opts)
 
 

@@ -1,12 +1,14 @@
 """The training config: its sections declared once, its defaults, and its one validation pass.
 
 A config (an `ml_collections.ConfigDict`) has top-level training fields (`TrainOptions`, here) and
-four sections, each declared next to the code that consumes it:
+six sections, each declared next to the code that consumes it:
 
     model         VisionTransformer fields (vit_jax/models/vit.py), checked by `models.build`
     data          `DataOptions` (vit_jax/data/options.py)
     optimizer     `OptimizerOptions` (vit_jax/train/optim.py)
     init_options  `RestoreOptions` (here): how `init_from` weights are adapted to the model
+    mesh          `MeshOptions` (vit_jax/train/sharding.py): the (data, fsdp) device mesh
+    sharding      `ShardingOptions` (same file): the FSDP size threshold and per-path overrides
 
 Each configs/<experiment>.py starts from `base_config()` (every field at its declared default)
 and changes what its experiment needs; every field can be overridden on the command line, e.g.
@@ -24,6 +26,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import ml_collections
 from ml_collections import config_dict
 
@@ -33,8 +36,9 @@ from vit_jax.data.pipeline import DatasetInfo
 from vit_jax.models.resize import RESIZE_METHODS
 from vit_jax.models.vit import VisionTransformer, as_pair
 from vit_jax.options import check, option, read, to_config
-from vit_jax.train import parallel
+from vit_jax.train import parallel, sharding
 from vit_jax.train.optim import OptimizerOptions
+from vit_jax.train.sharding import MeshOptions, ShardingOptions
 
 # Size fields come from the variant string ("B/16"); a value set here overrides it.
 _SIZE_FIELDS = ("hidden_size", "num_layers", "num_heads", "mlp_dim")
@@ -109,7 +113,7 @@ class RestoreOptions:
     antialias: bool = option(True, "antialias when a grid is resized down")
 
 
-SECTIONS = ("model", "data", "optimizer", "init_options")
+SECTIONS = ("model", "data", "optimizer", "init_options", "mesh", "sharding")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -120,6 +124,8 @@ def base_config() -> ml_collections.ConfigDict:
         data=to_config(DataOptions),
         optimizer=to_config(OptimizerOptions),
         init_options=to_config(RestoreOptions),
+        mesh=to_config(MeshOptions),
+        sharding=to_config(ShardingOptions),
     )
 
 
@@ -137,6 +143,8 @@ class Settings:
     optimizer: OptimizerOptions
     restore: RestoreOptions
     model: VisionTransformer | None
+    mesh: MeshOptions = MeshOptions()
+    sharding: ShardingOptions = ShardingOptions()
 
 
 def validate(config: ml_collections.ConfigDict) -> Settings:
@@ -150,12 +158,27 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
     optimizer = read(OptimizerOptions, _section(config, "optimizer"), "optimizer.")
     restore = read(RestoreOptions, _section(config, "init_options"), "init_options.")
     model_cfg = _section(config, "model")
+    mesh = read(MeshOptions, _section(config, "mesh"), "mesh.")
+    sharding_options = read(ShardingOptions, _section(config, "sharding"), "sharding.")
+    sharding.parse_overrides(sharding_options.overrides)
     model = _build_model(model_cfg)
-    parallel.check_batch_size(train.batch_size, train.grad_accum_steps)
-    parallel.check_batch_size(train.eval_batch_size)
+    _check_parallel(train, mesh)
     config.lock()
     known = model_cfg.get("num_classes") is not None
-    return Settings(config, train, data, optimizer, restore, model if known else None)
+    model = model if known else None
+    return Settings(config, train, data, optimizer, restore, model, mesh, sharding_options)
+
+
+def _check_parallel(train: TrainOptions, mesh: MeshOptions) -> None:
+    """The mesh fits the devices, pmap runs without an fsdp axis, batches split evenly."""
+    sharding.mesh_shape(mesh, jax.device_count())
+    if train.parallel == "pmap" and mesh.fsdp > 1:
+        raise ValueError(
+            f"parallel='pmap' replicates the whole state on every device, so it cannot shard it "
+            f"over mesh.fsdp={mesh.fsdp}: use parallel='jit' for FSDP, or mesh.fsdp=1."
+        )
+    parallel.check_batch_size(train.batch_size, train.grad_accum_steps)
+    parallel.check_batch_size(train.eval_batch_size)
 
 
 def with_dataset(settings: Settings, info: DatasetInfo) -> Settings:

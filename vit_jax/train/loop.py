@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -92,9 +91,15 @@ def initial_params(settings: Settings, rng, channels: int, sharding):
     return params
 
 
+# Model fields that say how the model is computed, not what it is: a run may resume with other
+# values (it moves from CPU to GPU to TPU), as it may on another mesh or parallel strategy.
+COMPUTE_FIELDS = ("dtype", "remat_policy")
+
+
 def check_same_run(manager, config_dict: dict) -> None:
-    """Raises ValueError if the workdir's newest checkpoint is of another model or optimizer,
-    which could not be resumed (use a new workdir, or start from it with init_from)."""
+    """Raises ValueError if the workdir's newest checkpoint is of another model (architecture)
+    or optimizer, which could not be resumed (use a new workdir, or start from it with
+    init_from). COMPUTE_FIELDS, the mesh and the parallel strategy may change."""
     step = manager.latest_step()
     if step is None:
         return
@@ -103,7 +108,8 @@ def check_same_run(manager, config_dict: dict) -> None:
         f"{section}.{key}: {old!r} -> {config_dict[section].get(key)!r}"
         for section in ("model", "optimizer")
         for key, old in stored.get(section, {}).items()
-        if config_dict[section].get(key) != old and (section == "model" or key == "name")
+        if config_dict[section].get(key) != old
+        and (section == "model" and key not in COMPUTE_FIELDS or key == "name")
     ]
     if changed:
         raise ValueError(
@@ -127,7 +133,11 @@ class Run:
     schedule: optax.Schedule
     manager: ocp.CheckpointManager
     config_dict: dict
-    eval_step: Callable  # compiled on first use
+
+    def abstract_state(self, rng: jax.Array) -> dict:
+        """Shapes and dtypes of the train state, without computing it."""
+        model, channels = self.settings.model, self.dataset.info.channels
+        return jax.eval_shape(lambda: create_state(init_params(model, rng, channels), self.tx, rng))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -152,11 +162,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         cleanup.callback(reporter.close)
         if resumed:
             reporter.message(f"resumed from {run.manager.directory} at step {start_step}")
-        state, train_seconds, preempted = train_steps(run, state, train_iter, reporter)
+        state, eval_step, train_seconds, preempted = train_steps(run, state, train_iter, reporter)
         if preempted:
             reporter.message(f"preempted at step {preempted}: checkpoint saved; rerun to resume")
             return {"step": preempted, "preempted": True}
-        return finish(run, state, start_step, train_seconds, reporter)
+        return finish(run, state, eval_step, start_step, train_seconds, reporter)
 
 
 def set_up(config, workdir: str) -> Run:
@@ -177,9 +187,8 @@ def set_up(config, workdir: str) -> Run:
     except ValueError:
         manager.close()
         raise
-    par = parallel.make(train.parallel)
-    eval_step = par.compile_eval(make_eval_step(settings.model, axis_name=par.axis_name))
-    return Run(settings, dataset, workdir, par, tx, schedule, manager, config_dict, eval_step)
+    par = parallel.make(train.parallel, mesh=settings.mesh, options=settings.sharding)
+    return Run(settings, dataset, workdir, par, tx, schedule, manager, config_dict)
 
 
 def initial_state(run: Run):
@@ -188,44 +197,45 @@ def initial_state(run: Run):
     resolved config is written to WORKDIR/config.json."""
     settings, model, channels = run.settings, run.settings.model, run.dataset.info.channels
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(settings.train.seed))
-    replicated = parallel.global_replicated()
+    abstract = run.abstract_state(train_rng)
+    shardings = run.par.state_shardings(abstract)
     state = None
     if run.manager.latest_step() is None:  # init_from is read and checked before any data loads
-        params = initial_params(settings, init_rng, channels, replicated)
-        state = jax.jit(lambda p, r: create_state(p, run.tx, r), out_shardings=replicated)(
+        params = initial_params(settings, init_rng, channels, shardings["params"])
+        state = jax.jit(lambda p, r: create_state(p, run.tx, r), out_shardings=shardings)(
             params, train_rng
         )
     if jax.process_index() == 0:
         with open(os.path.join(run.workdir, "config.json"), "w") as f:
             json.dump(run.config_dict, f, indent=2)
+    resumed = state is None
+    if resumed:
+        placed = jax.tree.map(
+            lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where),
+            abstract,
+            shardings,
+        )
+        state = ckpt.restore_latest(run.manager, placed)
     train_iter = iter(
         data.train_loader(
             run.dataset,
             image_size=model.image_size,
             global_batch_size=settings.train.batch_size,
             seed=settings.train.seed,
+            start_step=int(to_host(state["step"])),
         )
     )
-    resumed = state is None
-    if resumed:
-        abstract = jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-            jax.eval_shape(
-                lambda: create_state(init_params(model, init_rng, channels), run.tx, train_rng)
-            ),
-        )
-        state = ckpt.restore_latest(run.manager, abstract, train_iter)
     return state, train_iter, resumed
 
 
 def train_steps(run: Run, state, train_iter, reporter: Reporter):
     """Runs the steps from the state's step to total_steps, logging every log_every_steps,
     evaluating every eval_every_steps and saving as the manager decides (and at the end).
-    Returns (state, training seconds, the step of a preemption or 0)."""
+    Returns (state, the compiled eval step, training seconds, the step of a preemption or 0)."""
     settings, par, train = run.settings, run.par, run.settings.train
     start_step = int(to_host(state["step"]))
-    base_rng = jnp.asarray(to_host(state["rng"]))
     reporter.message(describe(run, state, start_step))
+    shardings = par.state_shardings(state)
     state = par.put_state(state)
     train_step = par.compile_train(
         make_train_step(
@@ -236,13 +246,17 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter):
             mixup_alpha=train.mixup_alpha,
             grad_accum_steps=train.grad_accum_steps,
             axis_name=par.axis_name,
-        )
+        ),
+        shardings,
+    )
+    eval_step = par.compile_eval(
+        make_eval_step(settings.model, axis_name=par.axis_name), shardings["params"]
     )
     pending, last_time, last_step = [], time.perf_counter(), start_step
     train_start = time.perf_counter()
     for step in range(start_step, train.total_steps):
         batch = par.put_batch(next(train_iter))
-        state, metrics = train_step(state, batch, par.put_rng(jax.random.fold_in(base_rng, step)))
+        state, metrics = train_step(state, batch)
         pending.append(metrics)
         done = step + 1
         if done % train.log_every_steps == 0 or done == train.total_steps:
@@ -255,15 +269,15 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter):
             and done % train.eval_every_steps == 0
             and done < train.total_steps
         ):
-            reporter.eval(done, "eval", **evaluate_run(run, state))
+            reporter.eval(done, "eval", **evaluate_run(run, eval_step, state))
         preempted = run.manager.reached_preemption(done)
         if done == train.total_steps or run.manager.should_save(done):
             state_to_save = par.host_state(state)
-            ckpt.save(run.manager, done, state_to_save, train_iter, run.config_dict, force=True)
+            ckpt.save(run.manager, done, state_to_save, run.config_dict, force=True)
         if preempted:
             run.manager.wait_until_finished()
-            return state, time.perf_counter() - train_start, done
-    return state, time.perf_counter() - train_start, 0
+            return state, eval_step, time.perf_counter() - train_start, done
+    return state, eval_step, time.perf_counter() - train_start, 0
 
 
 def describe(run: Run, state, start_step: int) -> str:
@@ -279,15 +293,17 @@ def describe(run: Run, state, start_step: int) -> str:
     )
 
 
-def evaluate_run(run: Run, state) -> dict:
+def evaluate_run(run: Run, eval_step: Callable, state) -> dict:
     """`evaluate` of the run's model on its eval split, with the state's parameters."""
     image_size, batch = run.settings.model.image_size, run.settings.train.eval_batch_size
-    return evaluate(run.par, run.eval_step, state["params"], run.dataset, image_size, batch)
+    return evaluate(run.par, eval_step, state["params"], run.dataset, image_size, batch)
 
 
-def finish(run: Run, state, start_step: int, train_seconds: float, reporter: Reporter) -> dict:
+def finish(
+    run: Run, state, eval_step: Callable, start_step: int, train_seconds: float, reporter
+) -> dict:
     """Evaluates the final state, waits for the last save and reports the summary."""
-    result = evaluate_run(run, state)
+    result = evaluate_run(run, eval_step, state)
     final_step = int(run.par.metric(state["step"]))
     reporter.eval(final_step, "eval", **result)
     run.manager.wait_until_finished()

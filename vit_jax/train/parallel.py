@@ -1,13 +1,17 @@
-"""Where the pure steps run: data parallelism over all devices, chosen in this one place.
+"""Where the pure steps run, chosen in this one place (`config.parallel`).
 
-- `jit` (default): `jax.jit` over a 1-D `jax.make_mesh` mesh named "data"; the state is
-  replicated, the batch is sharded along its first axis, and XLA inserts the gradient all-reduce.
-- `pmap`: the state is replicated with a leading device axis, each host batch is reshaped to
-  [local devices, B / local devices, ...], and the step averages gradients with `pmean`.
+- `jit` (default): `jax.jit` over the (data, fsdp) mesh of `config.mesh` (train/sharding.py):
+  each state leaf is placed by the sharding rule (replicated under pure data parallelism, large
+  tensors split over `fsdp` under FSDP), the batch is split over every device, and XLA inserts
+  the collectives.
+- `pmap`: data parallelism only: the state is replicated with a leading device axis, each host
+  batch is reshaped to [local devices, B / local devices, ...], and the step averages gradients
+  with `pmean`. A mesh with fsdp > 1 is refused (config validation).
 
 A single device needs nothing special: it is a mesh of one. Both strategies take per-process
-(host-local) numpy batches and donate the state buffers. `host_state` turns a device state back
-into one global, replicated (jit-layout) state for checkpoints.
+(host-local) numpy batches and donate the state buffers. `state_shardings` is where a state of
+the given shapes lives (also what Orbax restores into); `host_state` turns a device state into
+the global arrays that checkpoints hold.
 """
 
 from __future__ import annotations
@@ -20,8 +24,12 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vit_jax.train import sharding
+from vit_jax.train.sharding import MeshOptions, ShardingOptions
+
 STRATEGIES = ("jit", "pmap")  # the keys of `make`
-AXIS = "data"
+PMAP_AXIS = "data"
+DEFAULT_MESH, DEFAULT_SHARDING = MeshOptions(), ShardingOptions()  # pure data parallelism
 
 
 def check_batch_size(global_batch_size: int, grad_accum_steps: int = 1) -> None:
@@ -35,9 +43,8 @@ def check_batch_size(global_batch_size: int, grad_accum_steps: int = 1) -> None:
 
 
 def global_replicated() -> NamedSharding:
-    """Replicated over every device of every process: the layout of saved checkpoints."""
-    mesh = jax.make_mesh((jax.device_count(),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
-    return NamedSharding(mesh, P())
+    """Replicated over every device of every process."""
+    return sharding.replicated(sharding.make_mesh(DEFAULT_MESH))
 
 
 def to_host(x: jax.Array) -> np.ndarray:
@@ -47,29 +54,35 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class MeshParallel:
-    """jit over a data-parallel mesh."""
+    """jit over a (data, fsdp) device mesh, the state placed by the sharding rule."""
 
     mesh: jax.sharding.Mesh
-    axis_name = None  # the steps need no collective: XLA derives it from the shardings
+    options: ShardingOptions = DEFAULT_SHARDING
+    axis_name = None  # the steps need no collective: XLA derives them from the shardings
 
     @classmethod
-    def create(cls, devices: list | None = None) -> MeshParallel:
-        devices = jax.devices() if devices is None else devices
-        mesh = jax.make_mesh(
-            (len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
-        )
-        return cls(mesh)
+    def create(
+        cls,
+        devices: list | None = None,
+        mesh: MeshOptions = DEFAULT_MESH,
+        options: ShardingOptions = DEFAULT_SHARDING,
+    ) -> MeshParallel:
+        return cls(sharding.make_mesh(mesh, devices), options)
 
     @property
     def replicated(self) -> NamedSharding:
-        return NamedSharding(self.mesh, P())
+        return sharding.replicated(self.mesh)
 
     @property
     def sharded(self) -> NamedSharding:
-        return NamedSharding(self.mesh, P(AXIS))
+        return sharding.batch_sharding(self.mesh)
+
+    def state_shardings(self, abstract_state):
+        """Where each leaf of a state of these shapes lives."""
+        return sharding.state_shardings(abstract_state, self.mesh, self.options)
 
     def put_state(self, state):
-        return jax.device_put(state, self.replicated)
+        return jax.device_put(state, self.state_shardings(state))
 
     def put_batch(self, batch: dict) -> dict:
         return {
@@ -77,16 +90,22 @@ class MeshParallel:
             for k, v in batch.items()
         }
 
-    def compile_train(self, train_step: Callable) -> Callable:
-        r, s = self.replicated, self.sharded
-        return jax.jit(train_step, in_shardings=(r, s, r), out_shardings=(r, r), donate_argnums=0)
+    def compile_train(self, train_step: Callable, state_shardings=None) -> Callable:
+        """jit of train_step(state, batch) with the state kept where `state_shardings` puts it
+        (default: wherever the first state given lives)."""
+        state = state_shardings
+        return jax.jit(
+            train_step,
+            in_shardings=(state, self.sharded) if state is not None else None,
+            out_shardings=(state, self.replicated) if state is not None else None,
+            donate_argnums=0,
+        )
 
-    def compile_eval(self, eval_step: Callable) -> Callable:
-        r, s = self.replicated, self.sharded
-        return jax.jit(eval_step, in_shardings=(r, s), out_shardings=r)
-
-    def put_rng(self, rng: jax.Array) -> jax.Array:
-        return jax.device_put(rng, self.replicated)
+    def compile_eval(self, eval_step: Callable, param_shardings=None) -> Callable:
+        params = self.replicated if param_shardings is None else param_shardings
+        return jax.jit(
+            eval_step, in_shardings=(params, self.sharded), out_shardings=self.replicated
+        )
 
     def host_state(self, state):
         return state
@@ -99,7 +118,7 @@ class MeshParallel:
 class PmapParallel:
     """pmap over the local devices, with a device axis in front of state and batch."""
 
-    axis_name = AXIS
+    axis_name = PMAP_AXIS
 
     @classmethod
     def create(cls) -> PmapParallel:
@@ -107,27 +126,29 @@ class PmapParallel:
 
     @property
     def _mesh(self) -> jax.sharding.Mesh:
-        return jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
+        return jax.sharding.Mesh(np.array(jax.local_devices()), (PMAP_AXIS,))
+
+    def state_shardings(self, abstract_state):
+        """Checkpoints and initialisation use global arrays replicated over every device."""
+        replicated = global_replicated()
+        return jax.tree.map(lambda _: replicated, abstract_state)
 
     def put_state(self, state):
         n = jax.local_device_count()
-        sharding = NamedSharding(self._mesh, P(AXIS))
+        sharding_ = NamedSharding(self._mesh, P(PMAP_AXIS))
         return jax.tree.map(
-            lambda x: jax.device_put(np.stack([host_value(x)] * n), sharding), state
+            lambda x: jax.device_put(np.stack([host_value(x)] * n), sharding_), state
         )
 
     def put_batch(self, batch: dict) -> dict:
         n = jax.local_device_count()
         return {k: np.asarray(v).reshape(n, -1, *np.shape(v)[1:]) for k, v in batch.items()}
 
-    def compile_train(self, train_step: Callable) -> Callable:
-        return jax.pmap(train_step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=0)
+    def compile_train(self, train_step: Callable, state_shardings=None) -> Callable:
+        return jax.pmap(train_step, axis_name=PMAP_AXIS, donate_argnums=0)
 
-    def compile_eval(self, eval_step: Callable) -> Callable:
-        return jax.pmap(eval_step, axis_name=AXIS)
-
-    def put_rng(self, rng: jax.Array) -> jax.Array:
-        return rng
+    def compile_eval(self, eval_step: Callable, param_shardings=None) -> Callable:
+        return jax.pmap(eval_step, axis_name=PMAP_AXIS)
 
     def host_state(self, state):
         """This process's device-0 copy of the replicated state, as global arrays replicated
@@ -149,8 +170,15 @@ def host_value(x) -> np.ndarray:
     return to_host(x) if isinstance(x, jax.Array) else np.asarray(x)
 
 
-def make(strategy: str, devices: list | None = None) -> MeshParallel | PmapParallel:
+def make(
+    strategy: str,
+    devices: list | None = None,
+    mesh: MeshOptions = DEFAULT_MESH,
+    options: ShardingOptions = DEFAULT_SHARDING,
+) -> MeshParallel | PmapParallel:
     """The parallel strategy named by `config.parallel`, one of STRATEGIES (checked with the
-    config by `vit_jax.train.config.validate`); jit runs over `devices` (default: all)."""
-    create = {"jit": lambda: MeshParallel.create(devices), "pmap": PmapParallel.create}
-    return create[strategy]()
+    config by `vit_jax.train.config.validate`); jit runs over the mesh `mesh` of `devices`
+    (default: all) with the state placed by `options`."""
+    if strategy == "pmap":
+        return PmapParallel.create()
+    return MeshParallel.create(devices, mesh, options)

@@ -1,6 +1,6 @@
 """Pure train and eval steps. They know nothing of devices, files or logging.
 
-`train_step(state, batch, rng) -> (state, metrics)` and `eval_step(params, batch) -> sums` are
+`train_step(state, batch) -> (state, metrics)` and `eval_step(params, batch) -> sums` are
 made by `make_train_step` / `make_eval_step` from the model, the optimizer and the training
 options. Under pmap the caller passes `axis_name`, and gradients and metrics are averaged across
 devices; under jit over a mesh XLA inserts the same all-reduce on its own.
@@ -68,10 +68,13 @@ def make_train_step(
     grad_accum_steps: int = 1,
     axis_name: str | None = None,
 ):
-    """Builds train_step(state, batch, rng) -> (new state, metrics of this step).
+    """Builds train_step(state, batch) -> (new state, metrics of this step).
 
-    Metrics: loss (mean cross-entropy on the possibly mixed targets), accuracy (argmax against
-    the true labels), grad_norm (global norm before clipping), learning_rate.
+    The step draws its randomness itself: fold_in(state["rng"], state["step"]) (and the device
+    index under pmap), so nothing is uploaded per step and a resumed run draws exactly the
+    numbers of an uninterrupted one. Metrics: loss (mean cross-entropy on the possibly mixed
+    targets), accuracy (argmax against the true labels), grad_norm (global norm before
+    clipping), learning_rate.
     """
 
     def loss_fn(params, images, labels, rng):
@@ -86,7 +89,8 @@ def make_train_step(
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def train_step(state: dict, batch: dict, rng: jax.Array) -> tuple[dict, dict]:
+    def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
+        rng = jax.random.fold_in(state["rng"], state["step"])
         if axis_name is not None:  # different dropout masks on each device's shard
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
         loss, accuracy, grads = accumulated_grads(
