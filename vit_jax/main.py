@@ -21,6 +21,15 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (mult
 flags.DEFINE_string("coordinator", None, "Multi-process: coordinator address HOST:PORT.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: index of this process.")
+flags.DEFINE_integer(
+    "distributed_timeout", 60, "Multi-process: seconds to wait for every process to join."
+)
+flags.DEFINE_integer(
+    "heartbeat_timeout",
+    30,
+    "Multi-process: seconds without a heartbeat after which a process counts as dead and the "
+    "others stop with an error (instead of waiting for it forever).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -28,24 +37,60 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    import jax
     from absl import logging
 
     if not FLAGS["verbosity"].present:  # Orbax and tfds are chatty at INFO; -v 0 shows it
         logging.set_verbosity(logging.WARNING)
 
     if FLAGS.distributed or FLAGS.coordinator:
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-        )
+        join_processes()
     from vit_jax.train.loop import train_and_evaluate
 
     try:
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (ValueError, FileNotFoundError) as e:  # user-caused: one clear message, no traceback
         raise SystemExit(f"error: {e}") from None
+
+
+def join_processes() -> None:
+    """jax.distributed.initialize with bounded waits. A coordinator that cannot be reached ends
+    the run with one message after --distributed_timeout seconds (checked here first: JAX's
+    own timeout aborts the process); a process that never joins, or dies later, makes JAX's
+    distributed service stop the others (after --distributed_timeout or --heartbeat_timeout
+    seconds) with "the JAX distributed service detected fatal errors"."""
+    import jax
+
+    if FLAGS.coordinator and FLAGS.process_id not in (None, 0):
+        wait_for_coordinator(FLAGS.coordinator, FLAGS.distributed_timeout)
+    jax.distributed.initialize(
+        coordinator_address=FLAGS.coordinator,
+        num_processes=FLAGS.num_processes,
+        process_id=FLAGS.process_id,
+        initialization_timeout=FLAGS.distributed_timeout,
+        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,
+    )
+
+
+def wait_for_coordinator(address: str, timeout: float) -> None:
+    """Returns once HOST:PORT accepts a connection; SystemExit with the fix after `timeout`."""
+    import socket
+    import time
+
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                return
+        except (OSError, ValueError) as e:
+            if time.monotonic() > deadline or isinstance(e, ValueError):
+                raise SystemExit(
+                    f"error: the coordinator {address} cannot be reached ({e}) after "
+                    f"{timeout} s: start process 0 there first, pass every process the same "
+                    "--coordinator=HOST:PORT (the host of process 0), and check that the port "
+                    "is open between the hosts."
+                ) from None
+            time.sleep(0.5)
 
 
 if __name__ == "__main__":
