@@ -28,28 +28,16 @@ def evaluate_restored(config, path: str) -> dict:
     """Eval accuracy of the checkpoint at `path` restored into config's model (no training)."""
     from vit_jax import data
     from vit_jax.checkpoint import restore_into
-    from vit_jax.train import parallel
     from vit_jax.train.config import validate, with_dataset
     from vit_jax.train.loop import evaluate
-    from vit_jax.train.step import make_eval_step
 
     settings = validate(config)
     dataset = data.open_dataset(settings.data)
     settings = with_dataset(settings, dataset.info)
-    model = settings.model
-    par = parallel.make("jit")
     params, _ = restore_into(
-        path,
-        model,
-        jax.random.PRNGKey(0),
-        channels=dataset.info.channels,
-        sharding=par.replicated,
-        verbose=False,
+        path, settings.model, jax.random.PRNGKey(0), channels=dataset.info.channels, verbose=False
     )
-    eval_step = par.compile_eval(make_eval_step(model))
-    return evaluate(
-        par, eval_step, params, dataset, model.image_size, settings.train.eval_batch_size
-    )
+    return evaluate(settings.model, params, dataset, batch_size=settings.train.eval_batch_size)
 
 
 def run(posemb: str, out: str) -> dict:

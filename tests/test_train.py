@@ -19,7 +19,7 @@ from vit_jax.train.config import base_config, model_config, validate
 from vit_jax.train.loop import evaluate, train_and_evaluate
 from vit_jax.train.sharding import MeshOptions, ShardingOptions
 from vit_jax.train.state import create_state, init_params
-from vit_jax.train.step import make_eval_step, make_train_step, mixup, soft_targets
+from vit_jax.train.step import make_train_step, mixup, soft_targets
 
 
 def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
@@ -187,13 +187,14 @@ def test_label_smoothing_and_mixup_targets():
 def test_eval_counts_every_example_of_a_split_not_divisible_by_the_batch(digits_dir):
     config = tiny_config(digits_dir)
     model = models.build(config.model)
-    par = parallel.make("jit")
-    params = par.put_state(init_params(model, jax.random.PRNGKey(1), 1))
-    eval_step = par.compile_eval(make_eval_step(model))
+    params = init_params(model, jax.random.PRNGKey(1), 1)
     dataset = data.open_dataset(validate(config).data)
     results = []
     for batch_size in (64, 304):  # 297 = 4 x 64 + 41; 304 holds the whole split in one batch
-        results.append(evaluate(par, eval_step, params, dataset, model.image_size, batch_size))
+        results.append(evaluate(model, params, dataset, batch_size=batch_size))
+    pmap = evaluate(model, params, dataset, batch_size=64, par=parallel.make("pmap"))
+    assert pmap["num_examples"] == 297
+    assert pmap["accuracy"] == pytest.approx(results[0]["accuracy"], abs=1e-9)
     assert results[0]["num_examples"] == results[1]["num_examples"] == 297
     assert results[0]["accuracy"] == pytest.approx(results[1]["accuracy"], abs=1e-9)
     assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)

@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 
 from vit_jax import data
 from vit_jax.checkpoint import manager as ckpt
+from vit_jax.models import VisionTransformer
 from vit_jax.train import optim, parallel
 from vit_jax.train.config import Settings, validate, with_dataset
 from vit_jax.train.parallel import to_host
@@ -55,11 +56,34 @@ def prepare_workdir(workdir: str) -> str:
     return workdir
 
 
-def evaluate(par, eval_step, params, dataset: data.Dataset, image_size, batch_size: int) -> dict:
-    """Accuracy and mean loss over every example of the opened dataset's eval split (padding
-    masked out); `batch_size` is global."""
+def evaluate(
+    model: VisionTransformer,
+    params,
+    dataset: data.Dataset,
+    *,
+    batch_size: int,
+    par: parallel.MeshParallel | parallel.PmapParallel | None = None,
+    eval_step: Callable | None = None,
+) -> dict:
+    """Accuracy and mean loss of `model` with `params` over every example of the opened
+    `dataset`'s eval split (the last batch padded and masked, nothing dropped), as
+    {"accuracy", "loss", "num_examples"}. `batch_size` is global.
+
+    `par` (default: jit over every device) places the parameters and batches; `eval_step`, an
+    eval step that `par` compiled for parameters already placed (the training loop passes its
+    own), skips placing and compiling here.
+
+        dataset = data.open_dataset(validate(config).data)
+        evaluate(model, params, dataset, batch_size=256)
+    """
+    par = par or parallel.make("jit")
+    if eval_step is None:
+        shardings = par.state_shardings(params)
+        params = par.put_state(params)
+        eval_step = par.compile_eval(make_eval_step(model, axis_name=par.axis_name), shardings)
     totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
-    for batch in data.eval_batches(dataset, image_size=image_size, global_batch_size=batch_size):
+    batches = data.eval_batches(dataset, image_size=model.image_size, global_batch_size=batch_size)
+    for batch in batches:
         sums = eval_step(params, par.put_batch(batch))
         for k in totals:
             totals[k] += float(par.metric(sums[k]))
@@ -295,8 +319,14 @@ def describe(run: Run, state, start_step: int) -> str:
 
 def evaluate_run(run: Run, eval_step: Callable, state) -> dict:
     """`evaluate` of the run's model on its eval split, with the state's parameters."""
-    image_size, batch = run.settings.model.image_size, run.settings.train.eval_batch_size
-    return evaluate(run.par, eval_step, state["params"], run.dataset, image_size, batch)
+    return evaluate(
+        run.settings.model,
+        state["params"],
+        run.dataset,
+        batch_size=run.settings.train.eval_batch_size,
+        par=run.par,
+        eval_step=eval_step,
+    )
 
 
 def finish(
