@@ -164,4 +164,4 @@ def test_an_override_that_matches_no_parameter_is_refused(digits_dir, tmp_path):
     config = tiny_config(digits_dir, **{"sharding.overrides": "nothing_like_this=replicate"})
     with pytest.raises(ValueError, match="matches no parameter"):
         train_and_evaluate(config, str(tmp_path / "run"))
-    assert not os.path.exists(tmp_path / "run" / "checkpoints" / "0")
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")  # refused before anything

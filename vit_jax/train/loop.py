@@ -115,6 +115,7 @@ def initial_params(settings: Settings, rng, channels: int, sharding):
     return params
 
 
+_KEY = jax.ShapeDtypeStruct((2,), np.uint32)  # the shape of a PRNGKey, for abstract states
 # Model fields that say how the model is computed, not what it is: a run may resume with other
 # values (it moves from CPU to GPU to TPU), as it may on another mesh or parallel strategy.
 COMPUTE_FIELDS = ("dtype", "remat_policy")
@@ -160,8 +161,12 @@ class Run:
 
     def abstract_state(self, rng: jax.Array) -> dict:
         """Shapes and dtypes of the train state, without computing it."""
-        model, channels = self.settings.model, self.dataset.info.channels
-        return jax.eval_shape(lambda: create_state(init_params(model, rng, channels), self.tx, rng))
+        return abstract_state(self.settings.model, self.tx, self.dataset.info.channels, rng)
+
+
+def abstract_state(model, tx: optax.GradientTransformation, channels: int, rng) -> dict:
+    """Shapes and dtypes of the train state of `model` and `tx`, without computing it."""
+    return jax.eval_shape(lambda r: create_state(init_params(model, r, channels), tx, r), rng)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -203,6 +208,9 @@ def set_up(config, workdir: str) -> Run:
     train = settings.train
     tx, schedule = optim.make_optimizer(settings.optimizer, train.total_steps)
     config_dict = json.loads(settings.config.to_json_best_effort())
+    par = parallel.make(train.parallel, mesh=settings.mesh, options=settings.sharding)
+    # The sharding overrides are checked against the parameters before anything is written.
+    par.state_shardings(abstract_state(settings.model, tx, dataset.info.channels, _KEY))
     manager = ckpt.open_manager(
         workdir, keep=train.keep_checkpoints, save_every=train.checkpoint_every_steps
     )
@@ -211,7 +219,6 @@ def set_up(config, workdir: str) -> Run:
     except ValueError:
         manager.close()
         raise
-    par = parallel.make(train.parallel, mesh=settings.mesh, options=settings.sharding)
     return Run(settings, dataset, workdir, par, tx, schedule, manager, config_dict)
 
 
