@@ -115,7 +115,6 @@ def initial_params(settings: Settings, rng, channels: int, sharding):
     return params
 
 
-_KEY = jax.ShapeDtypeStruct((2,), np.uint32)  # the shape of a PRNGKey, for abstract states
 # Model fields that say how the model is computed, not what it is: a run may resume with other
 # values (it moves from CPU to GPU to TPU), as it may on another mesh or parallel strategy.
 COMPUTE_FIELDS = ("dtype", "remat_policy")
@@ -159,9 +158,8 @@ class Run:
     manager: ocp.CheckpointManager
     config_dict: dict
 
-    def abstract_state(self, rng: jax.Array) -> dict:
-        """Shapes and dtypes of the train state, without computing it."""
-        return abstract_state(self.settings.model, self.tx, self.dataset.info.channels, rng)
+
+_KEY = jax.ShapeDtypeStruct((2,), np.uint32)  # the shape of a PRNGKey, for abstract states
 
 
 def abstract_state(model, tx: optax.GradientTransformation, channels: int, rng) -> dict:
@@ -228,7 +226,7 @@ def initial_state(run: Run):
     resolved config is written to WORKDIR/config.json."""
     settings, model, channels = run.settings, run.settings.model, run.dataset.info.channels
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(settings.train.seed))
-    abstract = run.abstract_state(train_rng)
+    abstract = abstract_state(model, run.tx, channels, train_rng)
     shardings = run.par.state_shardings(abstract)
     state = None
     if run.manager.latest_step() is None:  # init_from is read and checked before any data loads
