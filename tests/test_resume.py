@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL after a checkpoint resumes exactly where it would have been."""
+"""A run killed with SIGKILL after a checkpoint, or stopped with SIGTERM at any moment, resumes
+exactly where it would have been."""
 
 import os
 import signal
@@ -14,7 +15,10 @@ from tests.conftest import eval_records, losses_by_step
 pytestmark = pytest.mark.slow
 
 
-def test_sigkill_then_rerun_gives_the_losses_of_an_uninterrupted_run(tmp_path, digits_dir):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_or_stopped_run_resumes_with_the_losses_of_an_uninterrupted_run(
+    tmp_path, digits_dir, sig
+):
     steps = 200
     reference = tmp_path / "reference"
     done = cli.run(cli.tiny_digits_flags(digits_dir, reference, steps))
@@ -31,10 +35,13 @@ def test_sigkill_then_rerun_gives_the_losses_of_an_uninterrupted_run(tmp_path, d
     deadline = time.time() + 240
     while not os.path.isdir(killed / "checkpoints" / "50") and time.time() < deadline:
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.kill(proc.pid, sig)
     proc.wait()
     before = losses_by_step(killed)
-    assert 50 <= max(before) < steps, "the run must be killed mid-training, after step 50"
+    assert 50 <= max(before) < steps, "the run must be stopped mid-training, after step 50"
+    if sig == signal.SIGTERM:  # saved at the next step boundary, told the scheduler so
+        assert proc.returncode == 75
+        assert os.path.isdir(killed / "checkpoints" / str(max(before)))  # no step lost
     # (the resumed run drops the records of steps after its checkpoint: each step once)
 
     resumed = cli.run(cli.tiny_digits_flags(digits_dir, killed, steps))

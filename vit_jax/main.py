@@ -4,11 +4,16 @@
     python -m vit_jax.main --config=configs/cifar10.py:variant=S/16 --workdir=... \\
         --config.model.posemb=rope_axial --config.batch_size=256
 
+Exit statuses (vit_jax/train/stopping.py): 0 completed, 1 fault, 2 user error, 3 diverged
+(non-finite loss), 75 preempted (SIGTERM/SIGINT: saved; rerun to resume).
+
 Several hosts: run the same command on every host with --coordinator=HOST:PORT
 --num_processes=N --process_id=I (on Cloud TPU, --distributed alone: JAX finds the rest).
 """
 
 from __future__ import annotations
+
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -44,12 +49,18 @@ def main(argv: list[str]) -> None:
 
     if FLAGS.distributed or FLAGS.coordinator:
         join_processes()
+    from vit_jax.train import stopping
     from vit_jax.train.loop import train_and_evaluate
 
     try:
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (ValueError, FileNotFoundError) as e:  # user-caused: one clear message, no traceback
-        raise SystemExit(f"error: {e}") from None
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(stopping.USER_ERROR)
+    except stopping.DivergedError as e:
+        print(f"error: training diverged: {e}", file=sys.stderr)
+        sys.exit(stopping.DIVERGED)
+    sys.exit(stopping.PREEMPTED if summary.get("preempted") else stopping.COMPLETED)
 
 
 def join_processes() -> None:
@@ -72,9 +83,12 @@ def join_processes() -> None:
 
 
 def wait_for_coordinator(address: str, timeout: float) -> None:
-    """Returns once HOST:PORT accepts a connection; SystemExit with the fix after `timeout`."""
+    """Returns once HOST:PORT accepts a connection; after `timeout`, prints the fix and exits
+    with the user-error status."""
     import socket
     import time
+
+    from vit_jax.train.stopping import USER_ERROR
 
     host, _, port = address.rpartition(":")
     deadline = time.monotonic() + timeout
@@ -84,12 +98,14 @@ def wait_for_coordinator(address: str, timeout: float) -> None:
                 return
         except (OSError, ValueError) as e:
             if time.monotonic() > deadline or isinstance(e, ValueError):
-                raise SystemExit(
+                print(
                     f"error: the coordinator {address} cannot be reached ({e}) after "
                     f"{timeout} s: start process 0 there first, pass every process the same "
                     "--coordinator=HOST:PORT (the host of process 0), and check that the port "
-                    "is open between the hosts."
-                ) from None
+                    "is open between the hosts.",
+                    file=sys.stderr,
+                )
+                sys.exit(USER_ERROR)
             time.sleep(0.5)
 
 

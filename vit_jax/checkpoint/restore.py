@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 
 from vit_jax.checkpoint import adapt
+from vit_jax.checkpoint.errors import UnreadableCheckpointError
 from vit_jax.checkpoint.npz import load_npz, read_npz_shapes
 from vit_jax.checkpoint.orbax_params import load_orbax_params, read_orbax_shapes
 from vit_jax.checkpoint.report import Report
-from vit_jax.models import VisionTransformer
+from vit_jax.models import VisionTransformer, paths
 
 
 def _is_orbax(path: str) -> bool:
@@ -45,6 +47,17 @@ def load_params(path: str | os.PathLike) -> tuple[dict, dict]:
     (per-block or scanned, as stored) and the metadata of `checkpoint_shapes`."""
     path = os.fspath(path)
     return load_orbax_params(path) if _is_orbax(path) else load_npz(path)
+
+
+def check_finite(params: dict, source: str) -> None:
+    """Raises UnreadableCheckpointError naming the first parameter with a NaN or infinity."""
+    for key, value in paths.flatten(params).items():
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise UnreadableCheckpointError(
+                f"{source} holds non-finite values (NaN or infinity) in {key!r}: it comes from a "
+                "diverged run. Start from an earlier checkpoint of that run."
+            )
 
 
 def restore_into(
@@ -82,6 +95,7 @@ def restore_into(
         old_grid=old_grid,
     )
     stored, _ = load_params(path)
+    check_finite(stored, meta["path"])
     params = adapt.execute(the_plan, stored, rng, scan=model.scan)
     params = jax.device_put(params, sharding)
     if verbose:

@@ -89,6 +89,12 @@ class TrainOptions:
     eval_every_steps: int = option(0, "steps between evaluations; 0: at the end only", low=0)
     checkpoint_every_steps: int = option(500, "steps between checkpoints", low=1)
     keep_checkpoints: int = option(2, "newest checkpoints kept in the workdir", low=1)
+    nonfinite: str = option(
+        "stop",
+        "a step with a non-finite loss or gradient norm leaves the state unchanged; then stop the "
+        "run (exit status 3) or skip it and go on (counted as nonfinite_steps)",
+        choices=("stop", "skip"),
+    )
     init_from: str | None = option(
         None,
         "weights to start from (not a resume): a workdir, its checkpoints dir, a step dir or an "

@@ -26,12 +26,13 @@ import orbax.checkpoint as ocp
 from vit_jax import data
 from vit_jax.checkpoint import manager as ckpt
 from vit_jax.models import VisionTransformer
-from vit_jax.train import optim, parallel
+from vit_jax.train import optim, parallel, stopping
 from vit_jax.train.config import Settings, validate, with_dataset
 from vit_jax.train.parallel import to_host
-from vit_jax.train.reporting import Reporter, format_duration
+from vit_jax.train.reporting import PendingMetrics, Reporter, format_duration
 from vit_jax.train.state import create_state, init_params
 from vit_jax.train.step import make_eval_step, make_train_step
+from vit_jax.train.stopping import DivergedError, StopSignals
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -189,10 +190,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
         cleanup.callback(reporter.close)
         if resumed:
             reporter.message(f"resumed from {run.manager.directory} at step {start_step}")
-        state, eval_step, train_seconds, preempted = train_steps(run, state, train_iter, reporter)
-        if preempted:
-            reporter.message(f"preempted at step {preempted}: checkpoint saved; rerun to resume")
-            return {"step": preempted, "preempted": True}
+        signals = cleanup.enter_context(StopSignals())
+        state, eval_step, train_seconds, stopped = train_steps(
+            run, state, train_iter, reporter, signals
+        )
+        if stopped:
+            reporter.message(f"preempted at step {stopped}: checkpoint saved; rerun to resume")
+            return {"step": stopped, "preempted": True}
         return finish(run, state, eval_step, start_step, train_seconds, reporter)
 
 
@@ -257,15 +261,45 @@ def initial_state(run: Run):
     return state, train_iter, resumed
 
 
-def train_steps(run: Run, state, train_iter, reporter: Reporter):
+def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSignals):
     """Runs the steps from the state's step to total_steps, logging every log_every_steps,
-    evaluating every eval_every_steps and saving as the manager decides (and at the end).
-    Returns (state, the compiled eval step, training seconds, the step of a preemption or 0)."""
-    settings, par, train = run.settings, run.par, run.settings.train
+    evaluating every eval_every_steps and saving as the manager decides (and at the end), until
+    a stop is requested (`stopping.stop_requested`: then it saves at once). Raises
+    DivergedError at a non-finite step (nonfinite='stop') or state; a checkpoint only ever
+    holds a finite state. Returns (state, the compiled eval step, training seconds, the step
+    the run stopped at, or 0 if it completed)."""
+    par, train = run.par, run.settings.train
     start_step = int(to_host(state["step"]))
     reporter.message(describe(run, state, start_step))
-    shardings = par.state_shardings(state)
+    train_step, eval_step = compile_steps(run, state)
     state = par.put_state(state)
+    pending = PendingMetrics(par.metric, start_step, train.batch_size)
+    train_start = time.perf_counter()
+    for step in range(start_step, train.total_steps):
+        state, metrics = train_step(state, par.put_batch(next(train_iter)))
+        pending.add(metrics)
+        done = step + 1
+        if done % train.log_every_steps == 0 or done == train.total_steps:
+            reporter.train(done, *pending.flush(done, stop=train.nonfinite == "stop"))
+        if train.eval_every_steps and done % train.eval_every_steps == 0:
+            if done < train.total_steps:
+                reporter.eval(done, "eval", **evaluate_run(run, eval_step, state))
+        stop = stopping.stop_requested(run.manager, done, signals)
+        if done == train.total_steps or run.manager.should_save(done) or stop:
+            pending.check(stop=train.nonfinite == "stop")
+            if not bool(to_host(stopping.all_finite(state))):
+                raise DivergedError(f"the state after step {done} is not finite; not saved.")
+            ckpt.save(run.manager, done, par.host_state(state), run.config_dict, force=True)
+        if stop:
+            run.manager.wait_until_finished()
+            return state, eval_step, time.perf_counter() - train_start, done
+    return state, eval_step, time.perf_counter() - train_start, 0
+
+
+def compile_steps(run: Run, state):
+    """The train and eval steps compiled for the run's strategy and the state's placement."""
+    settings, par, train = run.settings, run.par, run.settings.train
+    shardings = par.state_shardings(state)
     train_step = par.compile_train(
         make_train_step(
             settings.model,
@@ -281,32 +315,7 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter):
     eval_step = par.compile_eval(
         make_eval_step(settings.model, axis_name=par.axis_name), shardings["params"]
     )
-    pending, last_time, last_step = [], time.perf_counter(), start_step
-    train_start = time.perf_counter()
-    for step in range(start_step, train.total_steps):
-        batch = par.put_batch(next(train_iter))
-        state, metrics = train_step(state, batch)
-        pending.append(metrics)
-        done = step + 1
-        if done % train.log_every_steps == 0 or done == train.total_steps:
-            means = {k: np.mean([par.metric(m[k]) for m in pending]) for k in pending[0]}
-            now = time.perf_counter()
-            reporter.train(done, means, (done - last_step) * train.batch_size / (now - last_time))
-            pending, last_time, last_step = [], now, done
-        if (
-            train.eval_every_steps
-            and done % train.eval_every_steps == 0
-            and done < train.total_steps
-        ):
-            reporter.eval(done, "eval", **evaluate_run(run, eval_step, state))
-        preempted = run.manager.reached_preemption(done)
-        if done == train.total_steps or run.manager.should_save(done):
-            state_to_save = par.host_state(state)
-            ckpt.save(run.manager, done, state_to_save, run.config_dict, force=True)
-        if preempted:
-            run.manager.wait_until_finished()
-            return state, eval_step, time.perf_counter() - train_start, done
-    return state, eval_step, time.perf_counter() - train_start, 0
+    return train_step, eval_step
 
 
 def describe(run: Run, state, start_step: int) -> str:

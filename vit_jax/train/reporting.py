@@ -1,21 +1,28 @@
 """What a run reports: a progress line, `metrics.jsonl`, TensorBoard events (no TensorFlow).
 
 metrics.jsonl has one JSON object per line:
-  train: {"step", "loss", "accuracy", "learning_rate", "grad_norm", "img_per_sec"}
+  train: {"step", "loss", "accuracy", "learning_rate", "grad_norm", "img_per_sec",
+          "nonfinite_steps"}
   eval:  {"step", "split", "accuracy", "loss", "num_examples"}
+A non-finite value is written as the string "nan", "inf" or "-inf" (bare NaN is not JSON).
 Only process 0 writes; every process may call the methods. A resumed run first drops the
-records of steps after its checkpoint (the interrupted run got further than it saved), so the
-file reads like that of an uninterrupted run.
+records of steps after its checkpoint (the interrupted run got further than it saved) and a
+line torn by a kill during a write, so the file reads like that of an uninterrupted run; an
+evaluation already recorded for a step is not written again.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
 
 import jax
+import numpy as np
+
+from vit_jax.train.stopping import DivergedError
 
 
 def format_duration(seconds: float) -> str:
@@ -27,15 +34,78 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
-def keep_records_up_to(path: str, step: int) -> None:
-    """Rewrites the JSON-lines file at `path` without the records of steps after `step`."""
+def read_records(path: str) -> list[dict]:
+    """The records of a JSON-lines file; a line that does not parse (torn by a kill during a
+    write) is skipped."""
     if not os.path.exists(path):
-        return
+        return []
+    records = []
     with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(lines)
-    os.replace(path + ".tmp", path)
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+    return records
+
+
+def keep_records_up_to(path: str, step: int) -> list[dict]:
+    """Rewrites the JSON-lines file at `path` with only its readable records of steps up to
+    `step` (atomically); returns them."""
+    records = [r for r in read_records(path) if r["step"] <= step]
+    if os.path.exists(path):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        os.replace(path + ".tmp", path)
+    return records
+
+
+def json_safe(value):
+    """A metric value as JSON: non-finite floats as "nan", "inf" or "-inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+class PendingMetrics:
+    """The device metrics of the steps since the last log, fetched to the host only when they
+    are logged or checked (no host sync per step)."""
+
+    def __init__(self, fetch, step: int, batch_size: int):
+        self._fetch, self._batch_size = fetch, batch_size
+        self._metrics: list[dict] = []
+        self._step, self._time = step, time.perf_counter()
+
+    def add(self, metrics: dict) -> None:
+        self._metrics.append(metrics)
+
+    def check(self, *, stop: bool) -> int:
+        """The number of pending non-finite steps; with `stop`, raises DivergedError naming the
+        first one and its loss and gradient norm."""
+        finite = [bool(self._fetch(m["finite"])) for m in self._metrics]
+        if stop and not all(finite):
+            first = finite.index(False)
+            m = {k: float(self._fetch(v)) for k, v in self._metrics[first].items()}
+            raise DivergedError(
+                f"step {self._step + first + 1}: loss={m['loss']}, grad_norm={m['grad_norm']} "
+                "is not finite. The update was skipped and no non-finite state was saved; the "
+                "newest checkpoint is the last finite one. Lower optimizer.learning_rate or "
+                "raise warmup_steps, or set nonfinite='skip' to skip such steps."
+            )
+        return finite.count(False)
+
+    def flush(self, step: int, *, stop: bool) -> tuple[dict[str, float], float]:
+        """(mean metrics of the pending steps with their non-finite count, images per second)
+        up to `step`; the pending list starts again."""
+        nonfinite = self.check(stop=stop)
+        keys = [k for k in self._metrics[0] if k != "finite"]
+        means = {k: float(np.mean([self._fetch(m[k]) for m in self._metrics])) for k in keys}
+        now = time.perf_counter()
+        img_per_sec = (step - self._step) * self._batch_size / (now - self._time)
+        self._metrics, self._step, self._time = [], step, now
+        return {**means, "nonfinite_steps": nonfinite}, img_per_sec
 
 
 class Reporter:
@@ -46,11 +116,13 @@ class Reporter:
         self.enabled = jax.process_index() == 0
         self._jsonl = None
         self._tb = None
+        self._evaluated: set[tuple[int, str]] = set()
         if self.enabled:
             from tensorboardX import SummaryWriter
 
             path = os.path.join(workdir, "metrics.jsonl")
-            keep_records_up_to(path, start_step)
+            kept = keep_records_up_to(path, start_step)
+            self._evaluated = {(r["step"], r["split"]) for r in kept if "split" in r}
             self._jsonl = open(path, "a")
             self._tb = SummaryWriter(
                 os.path.join(workdir, "tensorboard"), purge_step=start_step or None
@@ -59,7 +131,8 @@ class Reporter:
         self._start_step: int | None = None
 
     def _write(self, record: dict, prefix: str) -> None:
-        self._jsonl.write(json.dumps(record) + "\n")
+        safe = {k: json_safe(v) for k, v in record.items()}
+        self._jsonl.write(json.dumps(safe, allow_nan=False) + "\n")
         self._jsonl.flush()
         for key, value in record.items():
             if key not in ("step", "split") and isinstance(value, int | float):
@@ -89,8 +162,9 @@ class Reporter:
         )
 
     def eval(self, step: int, split: str, accuracy: float, loss: float, num_examples: int) -> None:
-        if not self.enabled:
+        if not self.enabled or (step, split) in self._evaluated:
             return
+        self._evaluated.add((step, split))
         record = {
             "step": step,
             "split": split,

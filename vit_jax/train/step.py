@@ -58,6 +58,14 @@ def accumulated_grads(grad_fn, params, batch: dict, rng: jax.Array, steps: int):
     return jax.tree.map(lambda x: x / steps, sums)
 
 
+def apply_if(condition: jax.Array, state: dict, params, opt_state) -> dict:
+    """The state one step later: with the new `params` and `opt_state` if `condition`, else the
+    old ones (a select inside the compiled step: no host sync)."""
+    new, old = (params, opt_state), (state["params"], state["opt_state"])
+    params, opt_state = jax.tree.map(lambda n, o: jnp.where(condition, n, o), new, old)
+    return {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -72,9 +80,11 @@ def make_train_step(
 
     The step draws its randomness itself: fold_in(state["rng"], state["step"]) (and the device
     index under pmap), so nothing is uploaded per step and a resumed run draws exactly the
-    numbers of an uninterrupted one. Metrics: loss (mean cross-entropy on the possibly mixed
+    numbers of an uninterrupted one. A step whose loss or gradient norm is not finite leaves
+    parameters and optimizer state as they were (decided inside the compiled step: no host
+    sync); its `finite` metric is False. Metrics: loss (mean cross-entropy on the possibly mixed
     targets), accuracy (argmax against the true labels), grad_norm (global norm before
-    clipping), learning_rate.
+    clipping), learning_rate, finite.
     """
 
     def loss_fn(params, images, labels, rng):
@@ -99,17 +109,17 @@ def make_train_step(
         if axis_name is not None:
             loss, accuracy, grads = jax.lax.pmean((loss, accuracy, grads), axis_name)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new_state = {
-            **state,
-            "step": state["step"] + 1,
-            "params": optax.apply_updates(state["params"], updates),
-            "opt_state": opt_state,
-        }
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = apply_if(
+            finite, state, optax.apply_updates(state["params"], updates), opt_state
+        )
         metrics = {
             "loss": loss,
             "accuracy": accuracy,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             "learning_rate": schedule(state["step"]),
+            "finite": finite,
         }
         return new_state, metrics
 
@@ -136,4 +146,11 @@ def make_eval_step(model: nn.Module, *, axis_name: str | None = None):
     return eval_step
 
 
-__all__ = ["accumulated_grads", "make_eval_step", "make_train_step", "mixup", "soft_targets"]
+__all__ = [
+    "accumulated_grads",
+    "apply_if",
+    "make_eval_step",
+    "make_train_step",
+    "mixup",
+    "soft_targets",
+]

@@ -1,0 +1,114 @@
+"""Reliability: non-finite steps never reach a checkpoint, logs survive kills, exit statuses."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import SMALL, read_metrics
+from vit_jax.train import stopping
+from vit_jax.train.config import base_config, model_config
+from vit_jax.train.loop import train_and_evaluate
+from vit_jax.train.reporting import Reporter
+
+
+def tiny_config(data_dir, **overrides):
+    config = base_config()
+    config.model = model_config("Ti/4", 8, num_classes=10, **SMALL)
+    config.data.data_dir = str(data_dir)
+    config.data.cache = True
+    config.batch_size = 32
+    config.eval_batch_size = 64
+    config.total_steps = 8
+    config.optimizer.warmup_steps = 0
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 2
+    config.keep_checkpoints = 1
+    for key, value in overrides.items():
+        section, _, field = key.rpartition(".")
+        (config[section] if section else config)[field] = value
+    return config
+
+
+# A learning rate that makes the loss non-finite within a few steps.
+DIVERGING = {"optimizer.learning_rate": 1e30, "optimizer.grad_clip_norm": 0.0}
+
+
+def test_a_diverging_run_stops_naming_the_step_and_keeps_its_last_finite_checkpoint(
+    digits_dir, tmp_path
+):
+    workdir = tmp_path / "run"
+    with pytest.raises(stopping.DivergedError, match=r"step (\d+): loss=.* is not finite"):
+        train_and_evaluate(tiny_config(digits_dir, **DIVERGING), str(workdir))
+    records = read_metrics(workdir)
+    assert all(isinstance(r["loss"], float | str) for r in records)  # valid JSON throughout
+    for step in os.listdir(workdir / "checkpoints"):
+        params = _stored_params(workdir / "checkpoints" / step)
+        assert all(np.isfinite(x).all() for x in params)
+
+
+def test_skip_mode_skips_non_finite_updates_and_counts_them(digits_dir, tmp_path):
+    workdir = tmp_path / "run"
+    config = tiny_config(digits_dir, nonfinite="skip", **DIVERGING)
+    train_and_evaluate(config, str(workdir))
+    train = [r for r in read_metrics(workdir) if "split" not in r]
+    assert sum(r["nonfinite_steps"] for r in train) > 0
+    assert any(r["loss"] in ("nan", "inf") for r in train)  # written as JSON strings
+    params = _stored_params(workdir / "checkpoints" / "8")
+    assert all(np.isfinite(x).all() for x in params)
+
+
+def _stored_params(step_dir) -> list[np.ndarray]:
+    from vit_jax.checkpoint import load_params
+    from vit_jax.models import paths
+
+    params, _ = load_params(str(step_dir))
+    return list(paths.flatten(params).values())
+
+
+def test_a_torn_last_line_of_metrics_is_dropped_on_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    good = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.0}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in good) + '{"step": 4, "lo')
+    reporter = Reporter(str(tmp_path), total_steps=10, start_step=2)
+    metrics = {"loss": float("nan"), "accuracy": 0.5, "learning_rate": 1e-3, "grad_norm": 1.0}
+    reporter.train(3, metrics, 10.0)
+    reporter.close()
+    lines = path.read_text().splitlines()
+    assert [json.loads(line) for line in lines[:2]] == good[:2]
+    assert json.loads(lines[2])["loss"] == "nan" and len(lines) == 3
+
+
+def test_rerunning_a_finished_run_writes_no_second_final_evaluation(digits_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    config = tiny_config(digits_dir, total_steps=2)
+    first = train_and_evaluate(config, workdir)
+    again = train_and_evaluate(config, workdir)
+    assert again["accuracy"] == first["accuracy"]
+    evals = [r for r in read_metrics(workdir) if "split" in r]
+    assert [r["step"] for r in evals] == [2]
+
+
+def test_a_non_finite_checkpoint_is_refused_as_init_from(tmp_path):
+    import jax
+
+    from tests.conftest import random_params
+    from vit_jax import models
+    from vit_jax.checkpoint import UnreadableCheckpointError, export_npz, restore_into
+
+    model = models.create("Ti/4", num_classes=3, image_size=8, **SMALL)
+    params = random_params(model)
+    params["head"]["bias"][1] = np.nan
+    export_npz(tmp_path / "nan.npz", params)
+    with pytest.raises(UnreadableCheckpointError, match="non-finite values .* 'head/bias'"):
+        restore_into(str(tmp_path / "nan.npz"), model, jax.random.key(0), verbose=False)
+
+
+def test_the_command_line_exits_with_the_status_of_a_diverged_run(digits_dir, tmp_path):
+    from tests import cli
+
+    flags = cli.tiny_digits_flags(digits_dir, tmp_path / "run", 8, **DIVERGING)
+    result = cli.run(flags)
+    assert result.returncode == stopping.DIVERGED == 3
+    assert "error: training diverged: step" in result.stderr and "Traceback" not in result.stderr

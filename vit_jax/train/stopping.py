@@ -1,0 +1,72 @@
+"""How a run ends, and how a scheduler can tell: exit statuses, stop signals, divergence.
+
+Exit statuses of `python -m vit_jax.main`:
+
+    0   COMPLETED   trained to total_steps and evaluated
+    1   FAULT       an unexpected error (a traceback is printed)
+    2   USER_ERROR  the config, data or checkpoint cannot work (one `error: ...` line)
+    3   DIVERGED    a loss or gradient norm became non-finite (nonfinite='stop'); the newest
+                    checkpoint holds the last finite state
+    75  PREEMPTED   SIGTERM or SIGINT: a checkpoint was saved at the next step boundary; rerun
+                    the same command to resume exactly
+
+Stop signals: in a run of one process, SIGTERM and SIGINT set a flag that the loop reads at each
+step boundary (`StopSignals`). Processes of a multi-process run must stop at the same step, so
+there Orbax's preemption sync point decides (JAX's distributed preemption notifier catches
+SIGTERM on any process and the processes agree on the step).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import jax
+import jax.numpy as jnp
+
+COMPLETED, FAULT, USER_ERROR, DIVERGED, PREEMPTED = 0, 1, 2, 3, 75
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class DivergedError(RuntimeError):
+    """A non-finite loss, gradient norm or state; the message names the step and the value."""
+
+
+class StopSignals:
+    """While entered (in the main thread), SIGTERM and SIGINT set `requested` instead of
+    killing the process; the previous handlers come back on exit."""
+
+    def __init__(self):
+        self._requested = threading.Event()
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self._requested.is_set()
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        self._requested.set()
+
+
+def stop_requested(manager, step: int, signals: StopSignals) -> bool:
+    """Whether the run stops after `step`: agreed through Orbax with several processes, the
+    signal flag of this process otherwise."""
+    preempted = manager.reached_preemption(step)  # every process calls it at every step
+    return preempted or (jax.process_count() == 1 and signals.requested)
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    """True if every floating-point leaf of `tree` is finite (one device reduction)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
