@@ -262,7 +262,9 @@ def test_a_folder_is_walked_once_and_cached_images_decoded_once(folder, monkeypa
     dataset = open_folder(folder, cache=cache)
     assert len(walks) == 1
     assert len(decodes) == (NUM_FOLDER_IMAGES if cache else 0)  # both splits, at open
-    take(iter(data.train_loader(dataset, image_size=(6, 4), global_batch_size=8, seed=0)), 2)
+    it = iter(data.train_loader(dataset, image_size=(6, 4), global_batch_size=8, seed=0))
+    take(it, 2)
+    it.close()  # no read-ahead thread left decoding for the next test
     for _ in range(2):  # two evaluation passes reuse the opened (and cached) splits
         batches = list(data.eval_batches(dataset, image_size=(6, 4), global_batch_size=4))
         assert sum(b["mask"].sum() for b in batches) == dataset.info.num_eval == 6

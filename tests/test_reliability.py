@@ -112,3 +112,19 @@ def test_the_command_line_exits_with_the_status_of_a_diverged_run(digits_dir, tm
     result = cli.run(flags)
     assert result.returncode == stopping.DIVERGED == 3
     assert "error: training diverged: step" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_checkpoints_by_time_and_the_provenance_of_each_start(digits_dir, tmp_path):
+    workdir = tmp_path / "run"
+    config = tiny_config(
+        digits_dir, checkpoint_every_steps=1000, checkpoint_every_minutes=1e-6, keep_checkpoints=20
+    )
+    train_and_evaluate(config, str(workdir))
+    steps = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+    assert steps[-1] == 8 and len(steps) > 1  # saved by time, not only at the end
+    train_and_evaluate(config, str(workdir))  # a rerun: one more start recorded
+    with open(workdir / "provenance.jsonl") as f:
+        starts = [json.loads(line) for line in f]
+    assert len(starts) == 2
+    assert starts[0]["versions"]["jax"] and starts[0]["device_count"] == 8
+    assert starts[0]["platform"] == "cpu" and starts[0]["command"]

@@ -75,6 +75,7 @@ def test_mesh_pmap_and_single_device_give_the_same_losses(digits_dir):
     dataset = data.open_dataset(validate(config).data)
     it = iter(data.train_loader(dataset, image_size=(8, 8), global_batch_size=32, seed=0))
     batches = [next(it) for _ in range(10)]
+    it.close()
     mesh, mesh_state = run_steps(parallel.make("jit"), model, config, batches)
     pmap, pmap_state = run_steps(parallel.make("pmap"), model, config, batches)
     single, _ = run_steps(parallel.make("jit", jax.devices()[:1]), model, config, batches)
@@ -108,6 +109,7 @@ def test_fsdp_gives_the_losses_of_data_parallelism_with_an_eighth_of_the_state_p
     dataset = data.open_dataset(validate(config).data)
     it = iter(data.train_loader(dataset, image_size=(8, 8), global_batch_size=32, seed=0))
     batches = [next(it) for _ in range(10)]
+    it.close()
     dp, dp_state = run_steps(parallel.make("jit"), model, config, batches)
     fsdp_par = parallel.make(
         "jit", mesh=MeshOptions(data=1, fsdp=8), options=ShardingOptions(fsdp_min_size_mb=0)

@@ -17,19 +17,22 @@ import orbax.checkpoint as ocp
 from vit_jax.checkpoint import layout
 
 
-def open_manager(workdir: str, *, keep: int, save_every: int) -> ocp.CheckpointManager:
-    """A CheckpointManager for WORKDIR/checkpoints keeping the last `keep` checkpoints."""
+def open_manager(
+    workdir: str, *, keep: int, save_every: int, save_every_minutes: float = 0.0
+) -> ocp.CheckpointManager:
+    """A CheckpointManager for WORKDIR/checkpoints keeping the last `keep` checkpoints, saving
+    every `save_every` steps, once `save_every_minutes` have passed since the last save (if
+    > 0; decided on process 0 and shared by Orbax), and when the cluster announces a
+    preemption; not Orbax's default extra save at the first step (a full state write,
+    unwanted on big models)."""
     policies = ocp.checkpoint_managers
+    when = [policies.FixedIntervalPolicy(save_every), policies.PreemptionCheckpointingPolicy()]
+    if save_every_minutes > 0:
+        seconds = round(save_every_minutes * 60)
+        when.append(policies.ContinuousCheckpointingPolicy(minimum_interval_secs=seconds))
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
-        # Every `save_every` steps and when the cluster announces a preemption; not Orbax's
-        # default extra save at the first step (a full state write, unwanted on big models).
-        save_decision_policy=policies.AnySavePolicy(
-            [
-                policies.FixedIntervalPolicy(save_every),
-                policies.PreemptionCheckpointingPolicy(),
-            ]
-        ),
+        save_decision_policy=policies.AnySavePolicy(when),
         enable_async_checkpointing=True,
         create=True,
     )

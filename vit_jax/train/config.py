@@ -88,6 +88,9 @@ class TrainOptions:
     log_every_steps: int = option(50, "steps between training-metric logs", low=1)
     eval_every_steps: int = option(0, "steps between evaluations; 0: at the end only", low=0)
     checkpoint_every_steps: int = option(500, "steps between checkpoints", low=1)
+    checkpoint_every_minutes: float = option(
+        0.0, "also save once this many minutes have passed since the last save; 0: off", low=0
+    )
     keep_checkpoints: int = option(2, "newest checkpoints kept in the workdir", low=1)
     nonfinite: str = option(
         "stop",

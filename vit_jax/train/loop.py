@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from vit_jax import data
 from vit_jax.checkpoint import manager as ckpt
 from vit_jax.models import VisionTransformer
-from vit_jax.train import optim, parallel, stopping
+from vit_jax.train import optim, parallel, provenance, stopping
 from vit_jax.train.config import Settings, validate, with_dataset
 from vit_jax.train.parallel import to_host
 from vit_jax.train.reporting import PendingMetrics, Reporter, format_duration
@@ -214,7 +214,10 @@ def set_up(config, workdir: str) -> Run:
     # The sharding overrides are checked against the parameters before anything is written.
     par.state_shardings(abstract_state(settings.model, tx, dataset.info.channels, _KEY))
     manager = ckpt.open_manager(
-        workdir, keep=train.keep_checkpoints, save_every=train.checkpoint_every_steps
+        workdir,
+        keep=train.keep_checkpoints,
+        save_every=train.checkpoint_every_steps,
+        save_every_minutes=train.checkpoint_every_minutes,
     )
     try:
         check_same_run(manager, config_dict)
@@ -241,6 +244,7 @@ def initial_state(run: Run):
     if jax.process_index() == 0:
         with open(os.path.join(run.workdir, "config.json"), "w") as f:
             json.dump(run.config_dict, f, indent=2)
+    provenance.record(run.workdir)
     resumed = state is None
     if resumed:
         placed = jax.tree.map(
