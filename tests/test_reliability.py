@@ -2,11 +2,13 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-from tests.conftest import SMALL, read_metrics
+from tests.conftest import SMALL, losses_by_step, read_metrics
+from vit_jax.checkpoint import UnreadableCheckpointError
 from vit_jax.train import stopping
 from vit_jax.train.config import base_config, model_config
 from vit_jax.train.loop import train_and_evaluate
@@ -128,3 +130,49 @@ def test_checkpoints_by_time_and_the_provenance_of_each_start(digits_dir, tmp_pa
     assert len(starts) == 2
     assert starts[0]["versions"]["jax"] and starts[0]["device_count"] == 8
     assert starts[0]["platform"] == "cpu" and starts[0]["command"]
+
+
+def _damage(step_dir, how: str) -> None:
+    """Zero-fills every array file, deletes the OCDBT manifest, or empties the step dir."""
+    if how == "zero-filled":
+        for root, _, files in os.walk(step_dir / "state"):
+            for name in files:
+                if "ocdbt" in root and os.sep + "d" in root:
+                    path = os.path.join(root, name)
+                    with open(path, "r+b") as f:
+                        f.write(b"\0" * os.path.getsize(path))
+    elif how == "no manifest":
+        os.remove(step_dir / "state" / "manifest.ocdbt")
+    else:
+        shutil.rmtree(step_dir)
+        os.mkdir(step_dir)
+
+
+@pytest.mark.parametrize("how", ["zero-filled", "no manifest", "empty"])
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_resumes(
+    digits_dir, tmp_path, how
+):
+    config = tiny_config(digits_dir, total_steps=6, keep_checkpoints=3)
+    reference = tmp_path / "reference"
+    train_and_evaluate(config, str(reference))
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    _damage(workdir / "checkpoints" / "6", how)
+    summary = train_and_evaluate(config, str(workdir))
+    assert summary["step"] == 6
+    assert [d.split("-")[0] for d in os.listdir(workdir / "damaged_checkpoints")] == ["6"]
+    expected, got = losses_by_step(reference), losses_by_step(workdir)
+    assert sorted(got) == list(range(1, 7))
+    np.testing.assert_allclose([got[s] for s in (5, 6)], [expected[s] for s in (5, 6)], rtol=1e-5)
+
+
+def test_when_no_checkpoint_can_be_read_the_run_stops_instead_of_starting_afresh(
+    digits_dir, tmp_path
+):
+    config = tiny_config(digits_dir, total_steps=2, keep_checkpoints=1)
+    workdir = tmp_path / "run"
+    train_and_evaluate(config, str(workdir))
+    _damage(workdir / "checkpoints" / "2", "no manifest")
+    with pytest.raises(UnreadableCheckpointError, match="checkpoint 2 .* cannot be read"):
+        train_and_evaluate(config, str(workdir))
+    assert os.path.isdir(workdir / "checkpoints" / "2")  # left in place, not deleted

@@ -12,9 +12,15 @@ mid-save resumes from the previous complete checkpoint.
 
 from __future__ import annotations
 
+import time
+
+import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
 from vit_jax.checkpoint import layout
+from vit_jax.checkpoint.errors import UnreadableCheckpointError
 
 
 def open_manager(
@@ -35,6 +41,7 @@ def open_manager(
         save_decision_policy=policies.AnySavePolicy(when),
         enable_async_checkpointing=True,
         create=True,
+        cleanup_tmp_directories=True,  # a save a kill interrupted is never restored: removed
     )
     return ocp.CheckpointManager(
         layout.checkpoints_dir(workdir), options=options, item_handlers=layout.item_handlers()
@@ -48,18 +55,54 @@ def save(
     return manager.save(step, args=layout.save_args(state, config=config), force=force)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state):
-    """Restores the newest checkpoint into `abstract_state`'s shapes and shardings (any mesh,
-    any number of processes: Orbax reshards). Returns the state, or None if there is none.
+DAMAGED = "damaged_checkpoints"  # WORKDIR/damaged_checkpoints/<step>: moved aside, kept
 
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, report=logging.warning):
+    """Restores the newest readable checkpoint into `abstract_state`'s shapes and shardings
+    (any mesh, any number of processes: Orbax reshards). Returns the state, or None if there is
+    no checkpoint.
+
+    A checkpoint that cannot be read (a truncated, zero-filled or deleted file, a missing
+    manifest or item, an empty step directory) is named with the reason through `report`,
+    moved aside to WORKDIR/damaged_checkpoints/<step> (not deleted), and the previous one is
+    tried. If the oldest one cannot be read either, it stays where it is and
+    UnreadableCheckpointError says so: a run never starts from scratch over checkpoints.
     The data position is the state's step (the loader starts there): a `data` item that
     earlier versions wrote is not read.
     """
-    step = manager.latest_step()
-    if step is None:
-        return None
-    items = {layout.STATE: ocp.args.StandardRestore(abstract_state)}
-    return manager.restore(step, args=ocp.args.Composite(**items))[layout.STATE]
+    while (step := manager.latest_step()) is not None:
+        try:
+            items = ocp.args.Composite(**{layout.STATE: ocp.args.StandardRestore(abstract_state)})
+            return manager.restore(step, args=items)[layout.STATE]
+        except Exception as e:  # Orbax and TensorStore raise many types for damaged files
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            if len(manager.all_steps()) == 1:
+                raise UnreadableCheckpointError(
+                    f"checkpoint {step} in {manager.directory} cannot be read ({reason}), and no "
+                    "earlier one is left. Restore it from a copy, or start afresh in a new "
+                    "--workdir (older damaged checkpoints are in "
+                    f"{manager.directory.parent / DAMAGED})."
+                ) from e
+            report(
+                f"checkpoint {step} cannot be read ({reason}); moved to {DAMAGED}/{step}, "
+                "trying the previous one"
+            )
+            _move_aside(manager, step)
+    return None
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> None:
+    """Moves checkpoints/<step> to WORKDIR/damaged_checkpoints/<step> (process 0; the others
+    wait for it) and makes the manager forget it."""
+    source = manager.directory / str(step)
+    if jax.process_index() == 0:
+        target = manager.directory.parent / DAMAGED / f"{step}-{int(time.time())}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source.rename(target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"vit_jax_damaged_checkpoint_{step}")
+    manager.reload()
 
 
 def stored_config(manager: ocp.CheckpointManager, step: int) -> dict:
