@@ -33,6 +33,27 @@ def check_method(method: str) -> None:
         raise unknown_choice("resize method", method, RESIZE_METHODS)
 
 
+def check_grid(name: str, grid, dims: int = 2) -> tuple[int, ...]:
+    """`grid` as a tuple of `dims` positive ints, or ValueError naming it."""
+    try:
+        pair = tuple(int(n) for n in grid)
+        ok = len(pair) == dims and all(n >= 1 and n == m for n, m in zip(pair, grid, strict=True))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}={grid!r} must be {dims} positive integers (rows, cols).")
+    return pair
+
+
+def check_count(name: str, value, high: int | None = None) -> int:
+    """`value` as an int in [0, high], or ValueError naming it."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name}={value!r} must be an integer >= 0.")
+    if high is not None and value > high:
+        raise ValueError(f"{name}={value} is more than the {high} rows there are.")
+    return value
+
+
 def pytorch_cubic_matrix(old: int, new: int) -> np.ndarray:
     """Matrix [new, old] of torch's 1D bicubic resize (align_corners=False, no antialias).
 
@@ -68,7 +89,11 @@ def resize_grid(
     """
     check_method(method)
     array = jnp.asarray(array)
-    new_grid = tuple(int(n) for n in new_grid)
+    new_grid = check_grid("new_grid", new_grid, len(tuple(new_grid)) or 1)
+    if array.ndim < len(new_grid) or 0 in array.shape[: len(new_grid)]:
+        raise ValueError(
+            f"cannot resize an array of shape {tuple(array.shape)} over {len(new_grid)} grid axes."
+        )
     grid = tuple(array.shape[: len(new_grid)])
     if grid == new_grid:
         return array

@@ -23,7 +23,7 @@ from vit_jax.models.posemb.base import (
     factor_pairs,
     prefix_counts,
 )
-from vit_jax.models.resize import resize_grid
+from vit_jax.models.resize import check_count, check_grid, resize_grid
 
 PARAM = "pos_embedding"
 
@@ -47,8 +47,8 @@ def add_to_patches(x: jax.Array, pe: jax.Array, num_prefix_tokens: int) -> jax.A
 
 def square_grid(num_positions: int, what: str) -> tuple[int, int]:
     """(n, n) for num_positions = n², else ValueError asking for the grid explicitly."""
-    side = int(round(np.sqrt(num_positions)))
-    if side * side != num_positions:
+    side = int(round(np.sqrt(max(num_positions, 0))))
+    if num_positions < 1 or side * side != num_positions:
         raise ValueError(
             f"{what} has {num_positions} grid positions, which is not a square, so its patch "
             "grid is ambiguous: pass old_grid=(rows, cols)."
@@ -77,8 +77,14 @@ def resize_posemb(
     Returns [1, new_num_prefix_tokens + h' * w', D]. The same grid and prefix give the input.
     """
     posemb = jnp.asarray(posemb)
+    if posemb.ndim != 3 or posemb.shape[0] != 1:
+        raise ValueError(f"pos_embedding must be [1, rows, D]; got {tuple(posemb.shape)}.")
+    check_count("num_prefix_tokens", num_prefix_tokens, posemb.shape[1])
     if new_num_prefix_tokens is None:
         new_num_prefix_tokens = num_prefix_tokens
+    check_count("new_num_prefix_tokens", new_num_prefix_tokens)
+    new_grid = check_grid("new_grid", new_grid)
+    old_grid = None if old_grid is None else check_grid("old_grid", old_grid)
     prefix, grid = posemb[0, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
     if old_grid is None:
         old_grid = square_grid(grid.shape[0], f"pos_embedding {tuple(posemb.shape)}")

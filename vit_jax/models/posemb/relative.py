@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models.posemb.base import Layout, ParamRule, Position, Variant, prefix_counts
-from vit_jax.models.resize import resize_grid
+from vit_jax.models.resize import check_count, check_grid, resize_grid
 
 PARAM = "relative_position_bias_table"
 CLASS_ROWS = 3  # class->patch, patch->class, class->class
@@ -72,8 +72,13 @@ def resize_bias_table(
     Returns [(2H'-1)(2W'-1) (+3), heads].
     """
     table = jnp.asarray(table)
+    if table.ndim != 2:
+        raise ValueError(f"a bias table must be [rows, heads]; got {tuple(table.shape)}.")
+    old_grid, new_grid = check_grid("old_grid", old_grid), check_grid("new_grid", new_grid)
+    check_count("num_prefix_tokens", num_prefix_tokens)
     if new_num_prefix_tokens is None:
         new_num_prefix_tokens = num_prefix_tokens
+    check_count("new_num_prefix_tokens", new_num_prefix_tokens)
     expected = num_relative_positions(old_grid, num_prefix_tokens)
     if table.shape[0] != expected:
         raise ValueError(

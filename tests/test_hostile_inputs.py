@@ -1,0 +1,109 @@
+"""Hostile inputs: random field values for the model, random arguments for resize_posemb and
+random or damaged files for the checkpoint loaders either work or raise ValueError (or the
+package's checkpoint errors, which are ValueErrors) with a message; never another exception."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import SMALL, random_params
+from vit_jax import models
+from vit_jax.checkpoint import checkpoint_shapes, export_npz, load_params, resize_posemb
+
+ANYTHING = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6),
+    st.tuples(st.integers(-2, 40), st.integers(-2, 40)),
+    st.lists(st.integers(-2, 40), max_size=3),
+)
+FIELDS = [f for f in models.FIELDS if f not in ("num_classes", "image_size")]
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(
+    st.dictionaries(st.sampled_from(FIELDS), ANYTHING, max_size=3),
+    st.one_of(st.integers(-2, 40), st.tuples(st.integers(-2, 40), st.integers(-2, 40))),
+    ANYTHING,
+)
+def test_model_fields_either_build_a_model_that_initialises_or_raise_value_error(
+    fields, size, num_classes
+):
+    try:
+        model = models.create(
+            "Ti/4", num_classes=num_classes, image_size=size, **{**SMALL, **fields}
+        )
+    except ValueError as e:
+        assert str(e)
+        return
+    images = jax.ShapeDtypeStruct((1, *model.image_size, 3), np.float32)
+    jax.eval_shape(model.init, jax.random.key(0), images)  # builds: it must initialise too
+
+
+@FAST
+@given(
+    rows=st.integers(0, 40),
+    prefix=st.integers(-2, 3),
+    new_grid=st.one_of(st.tuples(st.integers(-2, 9), st.integers(-2, 9)), st.just((3,))),
+    old_grid=st.one_of(st.none(), st.tuples(st.integers(-2, 9), st.integers(-2, 9))),
+    new_prefix=st.one_of(st.none(), st.integers(-2, 3)),
+    method=st.sampled_from(["cubic", "linear", "cubic-pytorch", "bogus"]),
+)
+def test_resize_posemb_resizes_or_raises_value_error(
+    rows, prefix, new_grid, old_grid, new_prefix, method
+):
+    posemb = np.ones((1, rows, 4), np.float32)
+    try:
+        out = resize_posemb(
+            posemb,
+            new_grid,
+            num_prefix_tokens=prefix,
+            old_grid=old_grid,
+            new_num_prefix_tokens=new_prefix,
+            method=method,
+        )
+    except ValueError as e:
+        assert str(e)
+        return
+    kept = prefix if new_prefix is None else new_prefix
+    assert out.shape == (1, kept + new_grid[0] * new_grid[1], 4)
+    assert len(new_grid) == 2 and min(new_grid) >= 1 and prefix >= 0 and kept >= 0
+
+
+@pytest.fixture(scope="module")
+def npz_bytes(tmp_path_factory) -> bytes:
+    model = models.create("Ti/4", num_classes=3, image_size=8, **SMALL)
+    path = tmp_path_factory.mktemp("npz") / "ok.npz"
+    export_npz(path, random_params(model))
+    return path.read_bytes()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_damaged_or_foreign_npz_files_raise_value_error(npz_bytes, tmp_path_factory, data):
+    how = data.draw(st.sampled_from(["truncate", "flip", "random", "empty"]))
+    blob = bytearray(npz_bytes)
+    if how == "truncate":
+        blob = blob[: data.draw(st.integers(0, len(blob) - 1))]
+    elif how == "flip":
+        for i in data.draw(st.lists(st.integers(0, len(blob) - 1), min_size=1, max_size=20)):
+            blob[i] ^= 0xFF
+    elif how == "random":
+        blob = bytearray(data.draw(st.binary(max_size=2000)))
+    else:
+        blob = bytearray()
+    path = os.path.join(tmp_path_factory.mktemp("bad"), "bad.npz")
+    with open(path, "wb") as f:
+        f.write(blob)
+    for read in (checkpoint_shapes, load_params):
+        try:
+            read(path)
+        except ValueError as e:
+            assert str(e)
