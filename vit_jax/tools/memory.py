@@ -23,11 +23,17 @@ from ml_collections import config_flags
 from vit_jax.tools import run
 
 
-def make_flags() -> flags.FlagValues:
-    """A fresh set of this tool's flags (so that main can be called more than once)."""
+def make_flags(argv: list[str]) -> flags.FlagValues:
+    """A fresh set of this tool's flags for the command line `argv` (config_flags defines the
+    --config.FIELD overrides it finds there), so that main can be called more than once."""
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file(
-        "config", None, "Config file (configs/*.py[:arg]).", flag_values=fv, lock_config=True
+        "config",
+        None,
+        "Config file (configs/*.py[:arg]).",
+        flag_values=fv,
+        lock_config=True,
+        sys_argv=argv,
     )
     flags.DEFINE_integer(
         "devices", None, "Devices of the planned mesh (default: this machine's).", flag_values=fv
@@ -40,16 +46,20 @@ def make_flags() -> flags.FlagValues:
 
 
 def main(argv: list[str] | None = None) -> int:
-    fv = make_flags()
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = ["vit_jax.tools.memory", *(sys.argv[1:] if argv is None else argv)]
     try:
-        rest = fv(["vit_jax.tools.memory", *argv])
+        fv = make_flags(argv)
+        rest = fv(argv)
         if len(rest) > 1:
             raise ValueError(f"unexpected arguments: {rest[1:]}")
         if fv["config"].value is None:
             raise ValueError("--config=FILE[:arg] is required, e.g. --config=configs/digits.py.")
     except (flags.Error, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (AttributeError, KeyError) as e:  # config_flags: an override of an unknown field
+        text = str(e).replace("\\n", " ").strip("'\"").replace("\\'", "'")
+        print(f"error: --config override of an unknown field: {text}", file=sys.stderr)
         return 1
     from vit_jax.train import memory
 
