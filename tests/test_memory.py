@@ -114,14 +114,7 @@ def test_the_plan_matches_a_real_8_device_fsdp_placement_and_compiles_a_peak():
     peak = fsdp8["peak_bytes_per_device"]
     assert isinstance(peak, int) and peak > 0
     assert fsdp8["peak_source"] == "xla:cpu proxy"
-    assert 0 < fsdp8["activation_bytes_per_device"] <= peak
-    assert fsdp8["total_bytes_per_device"] > fsdp8["state_bytes_per_device"]
-
-
-def test_activations_are_the_part_of_the_temporaries_that_grows_with_the_batch():
-    # 100 bytes fixed + 30 per example: measured at batches 8 and 1.
-    assert memory.split_temp(100 + 8 * 30, 100 + 30, 8, 1) == (100, 240)
-    assert memory.split_temp(50, 60, 2, 1) == (50, 0)  # noise never makes activations negative
+    assert fsdp8["total_bytes_per_device"] == fsdp8["state_bytes_per_device"] + peak
 
 
 def test_cli_prints_a_table_and_refuses_user_errors_in_one_line(capsys):
@@ -129,7 +122,7 @@ def test_cli_prints_a_table_and_refuses_user_errors_in_one_line(capsys):
     tiny = ["--config.model.image_size=(8,8)", "--config.batch_size=64"]
     assert memory_tool.main([config, *tiny, "--devices=8", "--no-compile"]) == 0
     out = capsys.readouterr().out
-    assert "mesh         data=8 x fsdp=1" in out and "params" in out
+    assert "data=8 x fsdp=1" in out and "params" in out
     for bad in (
         ["--devices=64", "--config.mesh.fsdp=7", "--no-compile"],  # 7 does not divide 64
         ["--devices=8", "--config.batch_size=12", "--no-compile"],  # nor does 8 divide 12

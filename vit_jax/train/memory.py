@@ -14,9 +14,10 @@ more than this machine has):
   on ONE local device with abstract inputs, and XLA's `memory_analysis()` gives its temporary
   buffers (`temp_size_in_bytes`: the activations kept for the backward pass, the gradients and
   the optimizer's temporaries of that one-device step). Compiled by XLA:CPU (on a machine
-  without accelerators) this is a PROXY for TPU/GPU: other backends fuse, lay out and
-  rematerialise differently, so treat it as an order of magnitude, not a budget. Under FSDP
-  the one-device step holds full-size gradients, so the temporaries are an upper bound there.
+  without accelerators) this is a PROXY for TPU/GPU: other backends fuse, lay out, schedule
+  and rematerialise differently (and XLA:CPU's peak does not even grow linearly with the
+  batch), so treat it as an order of magnitude, not a budget. Under FSDP the one-device step
+  holds full-size gradients, so the temporaries are an upper bound there.
 
 Nothing here opens a dataset: an unset `model.num_classes` is taken as 1000 (ImageNet-1k) and
 images have 3 channels.
@@ -183,20 +184,9 @@ def check_config(config: ml_collections.ConfigDict, devices: int) -> Planned:
     )
 
 
-def split_temp(temp: int, temp_ref: int, batch: int, ref_batch: int) -> tuple[int, int]:
-    """(fixed, activations) of XLA's temporaries `temp` for a (micro-)batch of `batch`, given
-    `temp_ref`, those for `ref_batch`: temporaries grow linearly with the batch, so one example
-    takes (temp - temp_ref) / (batch - ref_batch) and the rest (gradients and optimizer
-    temporaries, shaped like the parameters) is fixed."""
-    per_example = (temp - temp_ref) / (batch - ref_batch)
-    activations = min(max(round(per_example * batch), 0), temp)
-    return temp - activations, activations
-
-
 def step_memory(planned: Planned, tx, schedule, abstract_state, batch: int) -> dict | None:
-    """`compiled_step_memory` of the project's train step for the per-device `batch`, plus
-    "fixed" and "activations" (`split_temp`, from a second compile for micro-batches of 1, or of
-    2 when the step's micro-batch is 1); None if the backend gives no memory analysis."""
+    """`compiled_step_memory` of the project's train step (`make_train_step`, with the run's
+    label smoothing, mixup and gradient accumulation) for the per-device `batch`."""
     model, train = planned.model, planned.train
     step = make_train_step(
         model,
@@ -206,17 +196,7 @@ def step_memory(planned: Planned, tx, schedule, abstract_state, batch: int) -> d
         mixup_alpha=train.mixup_alpha,
         grad_accum_steps=train.grad_accum_steps,
     )
-    accum = train.grad_accum_steps
-    stats = compiled_step_memory(step, abstract_state, abstract_batch(batch, model.image_size))
-    if stats is None:
-        return None
-    micro = batch // accum  # the batch the activations are of
-    ref = 1 if micro > 1 else 2
-    other = compiled_step_memory(
-        step, abstract_state, abstract_batch(ref * accum, model.image_size)
-    )
-    fixed, activations = split_temp(stats["temp"], other["temp"], micro, ref)
-    return {**stats, "fixed": fixed, "activations": activations}
+    return compiled_step_memory(step, abstract_state, abstract_batch(batch, model.image_size))
 
 
 def plan_memory(
@@ -231,9 +211,9 @@ def plan_memory(
     opt_state + step and rng). From the step compiled on one device for the per-device batch
     (compile_step; else all None): peak_bytes_per_device (XLA's temporaries of that step:
     activations, full-size gradients, optimizer temporaries), peak_source ("xla:cpu proxy",
-    "xla:gpu", ...), xla_argument_bytes, xla_output_bytes, activation_bytes_per_device (the
-    part of the peak that grows with the batch) and total_bytes_per_device = state + gradients
-    and optimizer temporaries (the rest of the peak, sharded like the parameters) + activations.
+    "xla:gpu", ...), xla_argument_bytes, xla_output_bytes and total_bytes_per_device = state +
+    peak: exact accounting of the one-device step under pure data parallelism, an upper bound
+    under FSDP (whose gradients and optimizer temporaries are sharded, not full-size).
     """
     planned = check_config(config, jax.device_count() if devices is None else devices)
     model, train = planned.model, planned.train
@@ -244,11 +224,6 @@ def plan_memory(
     per_device = train.batch_size // planned.devices
     stats = step_memory(planned, tx, schedule, abstract, per_device) if compile_step else None
     get = lambda key: None if stats is None else stats[key]
-    total = None
-    if stats is not None:
-        full_params = sum(leaf_nbytes(x) for x in jax.tree.leaves(abstract["params"]))
-        sharded_fixed = round(stats["fixed"] * state["params"] / full_params)
-        total = state_total + sharded_fixed + stats["activations"]
     return {
         "devices": planned.devices,
         "mesh": dict(planned.mesh),
@@ -266,8 +241,7 @@ def plan_memory(
         "peak_source": get("source"),
         "xla_argument_bytes": get("argument"),
         "xla_output_bytes": get("output"),
-        "activation_bytes_per_device": get("activations"),
-        "total_bytes_per_device": total,
+        "total_bytes_per_device": None if stats is None else state_total + stats["temp"],
     }
 
 
@@ -291,8 +265,7 @@ def format_plan(plan: Mapping[str, Any]) -> str:
         ("opt_state", gib(plan["opt_state_bytes_per_device"])),
         ("grads", gib(plan["grads_bytes_per_device"])),
         ("peak", f"{peak}  XLA temporaries of the step on one device ({source})"),
-        ("activations", gib(plan["activation_bytes_per_device"]) + " of the peak"),
-        ("total", gib(plan["total_bytes_per_device"]) + " state + grads + activations"),
+        ("total", gib(plan["total_bytes_per_device"]) + "  params + opt_state + peak"),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
