@@ -1,5 +1,6 @@
 """Command-line tools: `python -m vit_jax.tools.inspect PATH`, `python -m vit_jax.tools.convert
-SRC DST`. Each has a `main(argv)` that tests call in-process."""
+SRC DST`, `python -m vit_jax.tools.memory --config=FILE` (bytes per device of a run).
+Each has a `main(argv)` that tests call in-process."""
 
 from __future__ import annotations
 

@@ -1,0 +1,272 @@
+"""How much memory a training run needs on each device, planned without running it.
+
+    plan = plan_memory(config, devices=64)   # a config as vit_jax.main takes it
+
+Two parts, both for the (data, fsdp) mesh of `config.mesh` over `devices` devices (which may be
+more than this machine has):
+
+- The train state, exactly: parameters, optimizer state and gradients (laid out like the
+  parameters) in bytes per device, from the abstract train state (`jax.eval_shape`: nothing is
+  allocated) and the placement rule of `vit_jax.train.sharding.state_specs`. A leaf split over
+  the fsdp axis holds nbytes / fsdp on each device, a replicated leaf all of it.
+- The activation peak, estimated: the project's own train step (`make_train_step`, the one
+  `vit_jax.main` runs) is lowered and compiled for the per-device batch (global batch / devices)
+  on ONE local device with abstract inputs, and XLA's `memory_analysis()` gives its temporary
+  buffers (`temp_size_in_bytes`: the activations kept for the backward pass, the gradients and
+  the optimizer's temporaries of that one-device step). Compiled by XLA:CPU (on a machine
+  without accelerators) this is a PROXY for TPU/GPU: other backends fuse, lay out, schedule
+  and rematerialise differently (and XLA:CPU's peak does not even grow linearly with the
+  batch), so treat it as an order of magnitude, not a budget. Under FSDP the one-device step
+  holds full-size gradients, so the temporaries are an upper bound there.
+
+Nothing here opens a dataset: an unset `model.num_classes` is taken as 1000 (ImageNet-1k) and
+images have 3 channels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vit_jax.options import check, read
+from vit_jax.train import optim, sharding
+from vit_jax.train.config import SECTIONS, TrainOptions, validate
+from vit_jax.train.sharding import FSDP, MeshOptions, ShardingOptions
+from vit_jax.train.state import create_state, init_params
+from vit_jax.train.step import make_train_step
+
+DEFAULT_NUM_CLASSES = 1000  # an unset model.num_classes (the dataset's at train time)
+CHANNELS = 3
+
+
+def leaf_nbytes(leaf) -> int:
+    """Bytes of one whole array (anything with .shape and .dtype)."""
+    return math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+
+
+def leaf_bytes_per_device(leaf, spec: jax.sharding.PartitionSpec, fsdp: int) -> int:
+    """Bytes one device holds of `leaf` placed by `spec` on a mesh whose fsdp axis has `fsdp`
+    devices: nbytes / fsdp if a dimension is split over fsdp (which it must divide, as the rule
+    guarantees), else nbytes (replicated; the data axis always replicates)."""
+    nbytes = leaf_nbytes(leaf)
+    for dim, axis in enumerate(spec):
+        if axis == FSDP or isinstance(axis, tuple) and FSDP in axis:
+            if leaf.shape[dim] % fsdp:
+                raise ValueError(
+                    f"dimension {dim} of a {tuple(leaf.shape)} tensor is split over fsdp={fsdp}, "
+                    "which does not divide it."
+                )
+            return nbytes // fsdp
+    return nbytes
+
+
+def tree_bytes_per_device(tree, specs, fsdp: int) -> int:
+    """Sum of `leaf_bytes_per_device` over a tree and its matching tree of PartitionSpecs."""
+    leaves = jax.tree.leaves(tree)
+    spec_leaves = jax.tree.leaves(specs, is_leaf=sharding.is_spec)
+    return sum(
+        leaf_bytes_per_device(leaf, spec, fsdp)
+        for leaf, spec in zip(leaves, spec_leaves, strict=True)
+    )
+
+
+def abstract_train_state(model, tx: optax.GradientTransformation, channels: int = CHANNELS):
+    """Shapes and dtypes of the train state {"step", "params", "opt_state", "rng"}, as
+    `vit_jax.train.loop.Run.abstract_state` makes them; nothing is allocated."""
+    rng = jax.random.PRNGKey(0)
+    return jax.eval_shape(lambda: create_state(init_params(model, rng, channels), tx, rng))
+
+
+def state_bytes_per_device(abstract_state, fsdp: int, opts: ShardingOptions) -> dict[str, int]:
+    """Bytes per device of the state's parts on a mesh with `fsdp` devices on its fsdp axis:
+    {"params", "opt_state", "grads" (placed like the params), "other" (step, rng)} and the
+    whole-model "num_params"."""
+    specs = sharding.state_specs(abstract_state, fsdp, opts)
+    part = lambda key: tree_bytes_per_device(abstract_state[key], specs[key], fsdp)
+    other = [k for k in abstract_state if k not in ("params", "opt_state")]
+    return {
+        "params": part("params"),
+        "opt_state": part("opt_state"),
+        "grads": part("params"),
+        "other": sum(part(k) for k in other),
+        "num_params": sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state["params"])),
+    }
+
+
+def abstract_batch(batch_size: int, image_size: tuple[int, int], channels: int = CHANNELS):
+    """{"image": float32 [B, H, W, C], "label": int32 [B]} as ShapeDtypeStructs."""
+    return {
+        "image": jax.ShapeDtypeStruct((batch_size, *image_size, channels), jnp.float32),
+        "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+    }
+
+
+def compiled_step_memory(train_step, abstract_state, batch) -> dict[str, Any] | None:
+    """XLA's memory analysis of `train_step(state, batch)` compiled on one local device (the
+    state donated, as the training loop does) for abstract inputs: {"temp", "argument",
+    "output", "alias", "generated_code", "source"} in bytes, source e.g. "xla:cpu proxy" or
+    "xla:gpu"; None if the backend gives no analysis."""
+    compiled = jax.jit(train_step, donate_argnums=0).lower(abstract_state, batch).compile()
+    try:
+        stats = compiled.memory_analysis()
+    except (NotImplementedError, RuntimeError):
+        stats = None
+    if stats is None:
+        return None
+    platform = jax.devices()[0].platform
+    return {
+        "temp": int(stats.temp_size_in_bytes),
+        "argument": int(stats.argument_size_in_bytes),
+        "output": int(stats.output_size_in_bytes),
+        "alias": int(stats.alias_size_in_bytes),
+        "generated_code": int(stats.generated_code_size_in_bytes),
+        "source": f"xla:{platform} proxy" if platform == "cpu" else f"xla:{platform}",
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Planned:
+    """What a plan is computed from: the checked config sections, with the mesh sized for
+    `devices` devices (`mesh` = {"data": d, "fsdp": f})."""
+
+    model: Any
+    train: TrainOptions
+    optimizer: optim.OptimizerOptions
+    sharding: ShardingOptions
+    devices: int
+    mesh: dict[str, int]
+    num_classes_assumed: bool
+
+
+def check_config(config: ml_collections.ConfigDict, devices: int) -> Planned:
+    """Checks `config` as `vit_jax.train.config.validate` does, but for a run on `devices`
+    devices instead of this machine's: the mesh must make `devices` and the global batch must
+    split over them (x grad_accum_steps). An unset model.num_classes becomes 1000. Raises
+    ValueError naming the field."""
+    if devices < 1:
+        raise ValueError(f"devices={devices} must be >= 1.")
+    config = config.copy_and_resolve_references()
+    train_values = check(TrainOptions, dict(config), extra=SECTIONS)
+    train = TrainOptions(**{k: v for k, v in train_values.items() if k not in SECTIONS})
+    mesh = read(MeshOptions, dict(config.get("mesh") or {}), "mesh.")
+    shape = sharding.mesh_shape(mesh, devices)
+    if train.parallel == "pmap" and mesh.fsdp > 1:
+        raise ValueError(
+            f"parallel='pmap' replicates the whole state, so it cannot shard it over "
+            f"mesh.fsdp={mesh.fsdp}: use parallel='jit' for FSDP, or mesh.fsdp=1."
+        )
+    for name in ("batch_size", "eval_batch_size"):
+        accum = train.grad_accum_steps if name == "batch_size" else 1
+        if getattr(train, name) % (devices * accum):
+            raise ValueError(
+                f"{name}={getattr(train, name)} is not divisible by {devices} devices x "
+                f"grad_accum_steps={accum}: use a multiple of {devices * accum}."
+            )
+    assumed = config.model.get("num_classes") is None
+    local = config  # the same config, with what depends on this machine's devices made local
+    with local.unlocked():
+        if assumed:
+            local.model.num_classes = DEFAULT_NUM_CLASSES
+        local.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+        local.parallel = "jit"
+        local.batch_size = local.eval_batch_size = jax.device_count() * train.grad_accum_steps
+    settings = validate(local)
+    return Planned(
+        settings.model, train, settings.optimizer, settings.sharding, devices, shape, assumed
+    )
+
+
+def step_memory(planned: Planned, tx, schedule, abstract_state, batch: int) -> dict | None:
+    """`compiled_step_memory` of the project's train step (`make_train_step`, with the run's
+    label smoothing, mixup and gradient accumulation) for the per-device `batch`."""
+    model, train = planned.model, planned.train
+    step = make_train_step(
+        model,
+        tx,
+        schedule,
+        label_smoothing=train.label_smoothing,
+        mixup_alpha=train.mixup_alpha,
+        grad_accum_steps=train.grad_accum_steps,
+    )
+    return compiled_step_memory(step, abstract_state, abstract_batch(batch, model.image_size))
+
+
+def plan_memory(
+    config: ml_collections.ConfigDict, devices: int | None = None, compile_step: bool = True
+) -> dict[str, Any]:
+    """The memory plan of `config` on a (data, fsdp) mesh of `devices` devices (default: this
+    machine's jax.device_count()).
+
+    Returns a JSON-ready dict: devices, mesh {"data", "fsdp"}, variant, num_params, num_classes
+    (+ num_classes_assumed), global_batch_size, per_device_batch_size; exact, from the sharding
+    rule: params/opt_state/grads_bytes_per_device and state_bytes_per_device (params +
+    opt_state + step and rng). From the step compiled on one device for the per-device batch
+    (compile_step; else all None): peak_bytes_per_device (XLA's temporaries of that step:
+    activations, full-size gradients, optimizer temporaries), peak_source ("xla:cpu proxy",
+    "xla:gpu", ...), xla_argument_bytes, xla_output_bytes and total_bytes_per_device = state +
+    peak: exact accounting of the one-device step under pure data parallelism, an upper bound
+    under FSDP (whose gradients and optimizer temporaries are sharded, not full-size).
+    """
+    planned = check_config(config, jax.device_count() if devices is None else devices)
+    model, train = planned.model, planned.train
+    tx, schedule = optim.make_optimizer(planned.optimizer, train.total_steps)
+    abstract = abstract_train_state(model, tx)
+    state = state_bytes_per_device(abstract, planned.mesh[FSDP], planned.sharding)
+    state_total = state["params"] + state["opt_state"] + state["other"]
+    per_device = train.batch_size // planned.devices
+    stats = step_memory(planned, tx, schedule, abstract, per_device) if compile_step else None
+    get = lambda key: None if stats is None else stats[key]
+    return {
+        "devices": planned.devices,
+        "mesh": dict(planned.mesh),
+        "variant": str(config.model.get("variant")),
+        "num_params": state["num_params"],
+        "num_classes": model.num_classes,
+        "num_classes_assumed": planned.num_classes_assumed,
+        "global_batch_size": train.batch_size,
+        "per_device_batch_size": per_device,
+        "params_bytes_per_device": state["params"],
+        "opt_state_bytes_per_device": state["opt_state"],
+        "grads_bytes_per_device": state["grads"],
+        "state_bytes_per_device": state_total,
+        "peak_bytes_per_device": get("temp"),
+        "peak_source": get("source"),
+        "xla_argument_bytes": get("argument"),
+        "xla_output_bytes": get("output"),
+        "total_bytes_per_device": None if stats is None else state_total + stats["temp"],
+    }
+
+
+GIB = 2**30
+
+
+def format_plan(plan: Mapping[str, Any]) -> str:
+    """The human-readable table of a plan (sizes in GiB)."""
+    gib = lambda n: "unknown" if n is None else f"{n / GIB:.3f} GiB"
+    mesh, batch = plan["mesh"], plan["per_device_batch_size"]
+    assumed = " (model.num_classes unset: assumed)" if plan["num_classes_assumed"] else ""
+    peak = gib(plan["peak_bytes_per_device"])
+    source = plan["peak_source"] or "not compiled"
+    rows = [
+        ("model", f"{plan['variant']}, {plan['num_params']:,} parameters"),
+        ("classes", f"{plan['num_classes']}{assumed}"),
+        ("devices", str(plan["devices"])),
+        ("mesh", f"data={mesh['data']} x fsdp={mesh['fsdp']}"),
+        ("batch", f"{plan['global_batch_size']} global, {batch} per device"),
+        ("params", gib(plan["params_bytes_per_device"])),
+        ("opt_state", gib(plan["opt_state_bytes_per_device"])),
+        ("grads", gib(plan["grads_bytes_per_device"])),
+        ("peak", f"{peak}  XLA temporaries of the step on one device ({source})"),
+        ("total", gib(plan["total_bytes_per_device"]) + "  params + opt_state + peak"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    return "bytes per device\n" + "\n".join(lines)
