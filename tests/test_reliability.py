@@ -176,3 +176,62 @@ def test_when_no_checkpoint_can_be_read_the_run_stops_instead_of_starting_afresh
     with pytest.raises(UnreadableCheckpointError, match="checkpoint 2 .* cannot be read"):
         train_and_evaluate(config, str(workdir))
     assert os.path.isdir(workdir / "checkpoints" / "2")  # left in place, not deleted
+
+
+def test_a_full_disk_under_metrics_stops_the_run_with_one_message_naming_the_file(
+    digits_dir, tmp_path
+):
+    import time
+
+    from vit_jax.train.reporting import WorkdirWriteError
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    os.symlink("/dev/full", workdir / "metrics.jsonl")  # every write: ENOSPC
+    began = time.monotonic()
+    with pytest.raises(WorkdirWriteError, match="cannot write .*metrics.jsonl .*free disk space"):
+        train_and_evaluate(tiny_config(digits_dir), str(workdir))
+    assert time.monotonic() - began < 60  # no hang
+
+
+def test_a_failing_tensorboard_write_raises_instead_of_hanging(digits_dir, tmp_path, monkeypatch):
+    import errno
+
+    from tensorboardX.event_file_writer import EventsWriter
+
+    from vit_jax.train.reporting import WorkdirWriteError
+
+    calls = []
+
+    def full_after_a_few(self, event):
+        calls.append(event)
+        if len(calls) > 20:  # 6 scalars a step: fails while logging step 4
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(EventsWriter, "write_event", full_after_a_few)
+    workdir = tmp_path / "run"
+    with pytest.raises(WorkdirWriteError, match="tensorboard .*No space left on device"):
+        train_and_evaluate(tiny_config(digits_dir), str(workdir))
+    assert os.path.isdir(workdir / "checkpoints" / "2")  # earlier checkpoints intact
+
+
+def test_tensorboard_events_hold_the_scalars_and_mark_a_resume(tmp_path):
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    metrics = {"loss": 1.5, "accuracy": 0.5, "learning_rate": 1e-3, "grad_norm": 2.0}
+    for start in (0, 3):
+        reporter = Reporter(str(tmp_path), total_steps=10, start_step=start)
+        reporter.train(start + 1, metrics, 10.0)
+        reporter.close()
+    events = []
+    for name in sorted(os.listdir(tmp_path / "tensorboard")):
+        blob = (tmp_path / "tensorboard" / name).read_bytes()
+        while blob:  # TFRecord: length, crc, data, crc
+            (length,) = struct.unpack("<Q", blob[:8])
+            events.append(event_pb2.Event.FromString(blob[12 : 12 + length]))
+            blob = blob[12 + length + 4 :]
+    scalars = {(e.step, v.tag): v.simple_value for e in events for v in e.summary.value}
+    assert scalars[(1, "train/loss")] == 1.5 and scalars[(4, "train/grad_norm")] == 2.0
+    assert any(e.session_log.status == event_pb2.SessionLog.START and e.step == 3 for e in events)

@@ -5,7 +5,8 @@
         --config.model.posemb=rope_axial --config.batch_size=256
 
 Exit statuses (vit_jax/train/stopping.py): 0 completed, 1 fault, 2 user error, 3 diverged
-(non-finite loss), 75 preempted (SIGTERM/SIGINT: saved; rerun to resume).
+(non-finite loss), 4 the workdir cannot be written (disk full, permissions), 75 preempted
+(SIGTERM/SIGINT: saved; rerun to resume).
 
 Several hosts: run the same command on every host with --coordinator=HOST:PORT
 --num_processes=N --process_id=I (on Cloud TPU, --distributed alone: JAX finds the rest).
@@ -51,6 +52,7 @@ def main(argv: list[str]) -> None:
         join_processes()
     from vit_jax.train import stopping
     from vit_jax.train.loop import train_and_evaluate
+    from vit_jax.train.reporting import WorkdirWriteError
 
     try:
         summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -60,6 +62,9 @@ def main(argv: list[str]) -> None:
     except stopping.DivergedError as e:
         print(f"error: training diverged: {e}", file=sys.stderr)
         sys.exit(stopping.DIVERGED)
+    except WorkdirWriteError as e:
+        print(f"error: {e.strerror}", file=sys.stderr)
+        sys.exit(stopping.IO_ERROR)
     sys.exit(stopping.PREEMPTED if summary.get("preempted") else stopping.COMPLETED)
 
 

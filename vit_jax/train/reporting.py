@@ -13,6 +13,7 @@ evaluation already recorded for a step is not written again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import time
 
 import jax
 import numpy as np
+from tensorboardX.proto import event_pb2
 
 from vit_jax.train.stopping import DivergedError
 
@@ -53,7 +55,9 @@ def read_records(path: str) -> list[dict]:
 
 def keep_records_up_to(path: str, step: int) -> list[dict]:
     """Rewrites the JSON-lines file at `path` with only its readable records of steps up to
-    `step` (atomically); returns them."""
+    `step` (atomically); returns them. Anything but a regular file is left alone."""
+    if not os.path.isfile(path):
+        return []
     records = [r for r in read_records(path) if r["step"] <= step]
     if os.path.exists(path):
         with open(path + ".tmp", "w") as f:
@@ -118,25 +122,26 @@ class Reporter:
         self._tb = None
         self._evaluated: set[tuple[int, str]] = set()
         if self.enabled:
-            from tensorboardX import SummaryWriter
-
             path = os.path.join(workdir, "metrics.jsonl")
-            kept = keep_records_up_to(path, start_step)
+            with writing(path):
+                kept = keep_records_up_to(path, start_step)
+                self._jsonl = open(path, "a")
             self._evaluated = {(r["step"], r["split"]) for r in kept if "split" in r}
-            self._jsonl = open(path, "a")
-            self._tb = SummaryWriter(
-                os.path.join(workdir, "tensorboard"), purge_step=start_step or None
-            )
+            self._tb = TensorBoardWriter(os.path.join(workdir, "tensorboard"), start_step)
         self._start = time.perf_counter()
         self._start_step: int | None = None
 
     def _write(self, record: dict, prefix: str) -> None:
         safe = {k: json_safe(v) for k, v in record.items()}
-        self._jsonl.write(json.dumps(safe, allow_nan=False) + "\n")
-        self._jsonl.flush()
-        for key, value in record.items():
-            if key not in ("step", "split") and isinstance(value, int | float):
-                self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+        with writing(self._jsonl.name):
+            self._jsonl.write(json.dumps(safe, allow_nan=False) + "\n")
+            self._jsonl.flush()
+        scalars = {
+            f"{prefix}/{key}": value
+            for key, value in record.items()
+            if key not in ("step", "split") and isinstance(value, int | float)
+        }
+        self._tb.write(record["step"], scalars)
 
     def train(self, step: int, metrics: dict[str, float], img_per_sec: float) -> None:
         """Logs the mean train metrics of the steps up to `step` (1-based count of steps done)."""
@@ -185,5 +190,61 @@ class Reporter:
 
     def close(self) -> None:
         if self.enabled:
-            self._jsonl.close()
-            self._tb.close()
+            for stream in (self._jsonl, self._tb):
+                with contextlib.suppress(OSError):  # closing after a failed write
+                    stream.close()
+
+
+class WorkdirWriteError(OSError):
+    """A file of the workdir cannot be written (disk full, permission denied, ...)."""
+
+
+@contextlib.contextmanager
+def writing(path: str):
+    """Turns an OSError while writing `path` into one WorkdirWriteError naming the path and
+    the fix (raised in the caller's thread: nothing waits on a dead writer)."""
+    try:
+        yield
+    except WorkdirWriteError:
+        raise
+    except OSError as e:
+        raise WorkdirWriteError(
+            e.errno,
+            f"cannot write {path} ({e.strerror or e}): free disk space or fix the permissions "
+            "of the workdir, then rerun the same command to resume from the last checkpoint",
+        ) from e
+
+
+class TensorBoardWriter:
+    """TensorBoard scalars written synchronously (tensorboardX's events format, no
+    TensorFlow): a write that fails raises here instead of killing a background thread that
+    the run would then wait on forever. A resumed run marks `start_step` so that TensorBoard
+    drops the interrupted run's later events."""
+
+    def __init__(self, directory: str, start_step: int = 0):
+        from tensorboardX.event_file_writer import EventsWriter
+
+        with writing(directory):
+            os.makedirs(directory, exist_ok=True)
+            # A suffix of its own: two starts within a second must not share a file.
+            suffix = f".{os.getpid()}.{time.time_ns()}"
+            self._writer = EventsWriter(os.path.join(directory, "events"), suffix)
+        self._path = directory
+        if start_step:
+            log = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self._emit(event_pb2.Event(wall_time=time.time(), step=start_step, session_log=log))
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        from tensorboardX.summary import scalar
+
+        for tag, value in scalars.items():
+            summary = scalar(tag, value)
+            self._emit(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+    def _emit(self, event) -> None:
+        with writing(self._path):
+            self._writer.write_event(event)
+            self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()

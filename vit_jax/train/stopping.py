@@ -7,6 +7,8 @@ Exit statuses of `python -m vit_jax.main`:
     2   USER_ERROR  the config, data or checkpoint cannot work (one `error: ...` line)
     3   DIVERGED    a loss or gradient norm became non-finite (nonfinite='stop'); the newest
                     checkpoint holds the last finite state
+    4   IO_ERROR    a file of the workdir could not be written (disk full, permission denied);
+                    the message names it; earlier checkpoints are intact
     75  PREEMPTED   SIGTERM or SIGINT: a checkpoint was saved at the next step boundary; rerun
                     the same command to resume exactly
 
@@ -24,7 +26,7 @@ import threading
 import jax
 import jax.numpy as jnp
 
-COMPLETED, FAULT, USER_ERROR, DIVERGED, PREEMPTED = 0, 1, 2, 3, 75
+COMPLETED, FAULT, USER_ERROR, DIVERGED, IO_ERROR, PREEMPTED = 0, 1, 2, 3, 4, 75
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
