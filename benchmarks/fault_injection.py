@@ -113,14 +113,13 @@ def start(workdir: str, data_dir: str, steps: int) -> subprocess.Popen:
     )
 
 
-def kill_at(proc: subprocess.Popen, workdir: str, step: int, sig: int, timeout: float) -> bool:
-    """Sends `sig` once `step` is logged (or the run ends); True if it was sent."""
-    deadline = time.time() + timeout
-    while proc.poll() is None and time.time() < deadline:
-        if max(losses(workdir), default=0) >= step:
+def kill_at(proc: subprocess.Popen, step: int, sig: int) -> bool:
+    """Sends `sig` once the process reports step `step` on its progress lines (or never, if
+    it ends first); True if it was sent."""
+    for line in proc.stdout:
+        if line.startswith("step") and int(line.split()[1].split("/")[0]) >= step:
             proc.send_signal(sig)
             return True
-        time.sleep(0.02)
     return False
 
 
@@ -132,18 +131,23 @@ def faulty_run(index, args, plan, reference, counts, rng) -> None:
         proc = start(workdir, args.data_dir, args.steps)
         if event is None:
             _, err = proc.communicate(timeout=args.timeout)
-            if proc.returncode != 0 or "Traceback" in err:
+            if proc.returncode != 0:
                 counts["failed_to_resume"] += 1
                 print(err[-2000:], file=sys.stderr)
             break
         sig = event
-        # A third of the kills land on a checkpoint step, while its save is being written.
-        target = rng.randrange(1, args.steps)
-        if rng.random() < 1 / 3:
-            target = max(10, target - target % 10)
-        sent = kill_at(proc, workdir, target, sig, args.timeout)
+        # After the step the run resumes from; a third of the kills land on a checkpoint
+        # step, while its save is being written.
+        resume = max(saved_steps(workdir), default=0)
+        if resume >= args.steps:  # already complete: nothing left to interrupt
+            proc.communicate(timeout=args.timeout)
+            continue
+        target = rng.randrange(resume + 1, args.steps + 1)
+        if rng.random() < 1 / 3 and target - target % 10 > resume:
+            target -= target % 10
+        sent = kill_at(proc, target, sig)
         _, err = proc.communicate(timeout=args.timeout)
-        if "Traceback" in err:
+        if proc.returncode == 1:  # a fault: the run ended in a traceback
             counts["tracebacks"] += 1
             print(err[-2000:], file=sys.stderr)
         if not sent:
@@ -151,9 +155,10 @@ def faulty_run(index, args, plan, reference, counts, rng) -> None:
         counts["kills"] += 1
         counts["sigterm" if sig == signal.SIGTERM else "sigkill"] += 1
         logged, saved = max(losses(workdir), default=0), max(saved_steps(workdir), default=0)
-        if sig == signal.SIGTERM:
-            if proc.returncode != 75:
+        if sig == signal.SIGTERM:  # saved and exited 75, or had just completed (0)
+            if proc.returncode not in (0, 75):
                 counts["failed_to_resume"] += 1
+                print(f"SIGTERM exit {proc.returncode}: {err[-1500:]}", file=sys.stderr)
             counts["steps_lost_after_sigterm"] += max(logged - saved, 0)
         if (
             saved_steps(workdir)

@@ -181,6 +181,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     "img_per_sec"} (or {"step", "preempted": True} if the run stopped for a preemption).
     """
     with contextlib.ExitStack() as cleanup:
+        # First in, last out: a stop signal during set-up, compilation or the final save
+        # is a request the loop (or completion) answers, never an abrupt death.
+        signals = cleanup.enter_context(StopSignals())
         run = set_up(config, workdir)
         cleanup.callback(run.manager.close)
         state, train_iter, resumed = initial_state(run)
@@ -190,7 +193,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
         cleanup.callback(reporter.close)
         if resumed:
             reporter.message(f"resumed from {run.manager.directory} at step {start_step}")
-        signals = cleanup.enter_context(StopSignals())
         state, eval_step, train_seconds, stopped = train_steps(
             run, state, train_iter, reporter, signals
         )
