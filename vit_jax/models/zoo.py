@@ -1,7 +1,8 @@
 """The model zoo: published ViT sizes, decoded from strings such as "B/16" or "S/16x8".
 
 The size letter picks width, depth, heads and MLP width (Dosovitskiy et al. 2021, Table 1; "Ti"
-from DeiT). The number after the slash is the patch size; "16x8" means 16 rows by 8 columns.
+from DeiT; "g", ViT-g, from Zhai et al. 2022, "Scaling Vision Transformers"). The
+number after the slash is the patch size; "16x8" means 16 rows by 8 columns.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ SIZES: dict[str, Size] = {
     "B": Size(768, 12, 12, 3072),
     "L": Size(1024, 24, 16, 4096),
     "H": Size(1280, 32, 16, 5120),
+    "g": Size(1408, 40, 16, 6144),
 }
 
 
