@@ -1,7 +1,8 @@
 """The model zoo: published ViT sizes, decoded from strings such as "B/16" or "S/16x8".
 
 The size letter picks width, depth, heads and MLP width (Dosovitskiy et al. 2021, Table 1; "Ti"
-from DeiT). The number after the slash is the patch size; "16x8" means 16 rows by 8 columns.
+from DeiT; "g", ViT-g, from Zhai et al. 2022, "Scaling Vision Transformers"). The
+number after the slash is the patch size; "16x8" means 16 rows by 8 columns.
 """
 
 from __future__ import annotations
