@@ -235,3 +235,69 @@ def test_tensorboard_events_hold_the_scalars_and_mark_a_resume(tmp_path):
     scalars = {(e.step, v.tag): v.simple_value for e in events for v in e.summary.value}
     assert scalars[(1, "train/loss")] == 1.5 and scalars[(4, "train/grad_norm")] == 2.0
     assert any(e.session_log.status == event_pb2.SessionLog.START and e.step == 3 for e in events)
+
+
+@pytest.mark.slow
+def test_the_fault_injection_harness_finds_nothing_broken(digits_dir, tmp_path):
+    import importlib.util
+
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(__file__)), "benchmarks", "fault_injection.py"
+    )
+    spec = importlib.util.spec_from_file_location("fault_injection", path)
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    counts = harness.main(
+        [
+            "--runs=1",
+            "--kills=2",
+            "--damages=1",
+            "--steps=30",
+            f"--out={tmp_path}",
+            f"--data_dir={digits_dir}",
+            "--seed=3",
+        ]
+    )
+    assert counts["kills"] >= 1 and counts["resumes"] >= 1
+    for broken in (
+        "steps_lost_after_sigterm",
+        "loss_mismatches",
+        "damaged_restored",
+        "failed_to_resume",
+        "tracebacks",
+    ):
+        assert counts[broken] == 0, (broken, counts)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 900 KiB tmpfs: room for a checkpoint of the tiny model, not for three."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=900k", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {made.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_disk_that_fills_during_a_checkpoint_save_is_one_message_and_status_4(
+    digits_dir, small_disk
+):
+    import time
+
+    from tests import cli
+
+    flags = cli.tiny_digits_flags(
+        digits_dir, small_disk / "run", 40, checkpoint_every_steps=5, keep_checkpoints=20
+    )
+    began = time.monotonic()
+    result = cli.run(flags, timeout=120)
+    assert result.returncode == stopping.IO_ERROR == 4, result.stderr[-2000:]
+    assert "error: cannot write" in result.stderr and "No space left on device" in result.stderr
+    assert time.monotonic() - began < 60
+    assert os.path.isdir(small_disk / "run" / "checkpoints" / "5")  # earlier ones intact

@@ -52,7 +52,6 @@ def main(argv: list[str]) -> None:
         join_processes()
     from vit_jax.train import stopping
     from vit_jax.train.loop import train_and_evaluate
-    from vit_jax.train.reporting import WorkdirWriteError
 
     try:
         summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -62,7 +61,7 @@ def main(argv: list[str]) -> None:
     except stopping.DivergedError as e:
         print(f"error: training diverged: {e}", file=sys.stderr)
         sys.exit(stopping.DIVERGED)
-    except WorkdirWriteError as e:
+    except stopping.WorkdirWriteError as e:
         print(f"error: {e.strerror}", file=sys.stderr)
         sys.exit(stopping.IO_ERROR)
     sys.exit(stopping.PREEMPTED if summary.get("preempted") else stopping.COMPLETED)

@@ -32,7 +32,7 @@ from vit_jax.train.parallel import to_host
 from vit_jax.train.reporting import PendingMetrics, Reporter, format_duration
 from vit_jax.train.state import create_state, init_params
 from vit_jax.train.step import make_eval_step, make_train_step
-from vit_jax.train.stopping import DivergedError, StopSignals
+from vit_jax.train.stopping import DivergedError, StopSignals, writing
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -185,7 +185,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         # is a request the loop (or completion) answers, never an abrupt death.
         signals = cleanup.enter_context(StopSignals())
         run = set_up(config, workdir)
-        cleanup.callback(run.manager.close)
+        cleanup.callback(close_manager, run.manager)
         state, train_iter, resumed = initial_state(run)
         cleanup.callback(getattr(train_iter, "close", lambda: None))
         start_step = int(to_host(state["step"]))
@@ -295,9 +295,11 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
             pending.check(stop=train.nonfinite == "stop")
             if not bool(to_host(stopping.all_finite(state))):
                 raise DivergedError(f"the state after step {done} is not finite; not saved.")
-            ckpt.save(run.manager, done, par.host_state(state), run.config_dict, force=True)
+            with writing(str(run.manager.directory)):
+                ckpt.save(run.manager, done, par.host_state(state), run.config_dict, force=True)
         if stop:
-            run.manager.wait_until_finished()
+            with writing(str(run.manager.directory)):
+                run.manager.wait_until_finished()
             return state, eval_step, time.perf_counter() - train_start, done
     return state, eval_step, time.perf_counter() - train_start, 0
 
@@ -322,6 +324,13 @@ def compile_steps(run: Run, state):
         make_eval_step(settings.model, axis_name=par.axis_name), shardings["params"]
     )
     return train_step, eval_step
+
+
+def close_manager(manager) -> None:
+    """Waits for the save in progress and closes the manager; a save that could not be
+    written (disk full, permissions) becomes one WorkdirWriteError naming the directory."""
+    with writing(str(manager.directory)):
+        manager.close()
 
 
 def describe(run: Run, state, start_step: int) -> str:
@@ -356,7 +365,8 @@ def finish(
     result = evaluate_run(run, eval_step, state)
     final_step = int(run.par.metric(state["step"]))
     reporter.eval(final_step, "eval", **result)
-    run.manager.wait_until_finished()
+    with writing(str(run.manager.directory)):
+        run.manager.wait_until_finished()
     steps_run = final_step - start_step
     batch_size = run.settings.train.batch_size
     summary = {

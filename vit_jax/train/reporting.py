@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from tensorboardX.proto import event_pb2
 
-from vit_jax.train.stopping import DivergedError
+from vit_jax.train.stopping import DivergedError, writing
 
 
 def format_duration(seconds: float) -> str:
@@ -193,26 +193,6 @@ class Reporter:
             for stream in (self._jsonl, self._tb):
                 with contextlib.suppress(OSError):  # closing after a failed write
                     stream.close()
-
-
-class WorkdirWriteError(OSError):
-    """A file of the workdir cannot be written (disk full, permission denied, ...)."""
-
-
-@contextlib.contextmanager
-def writing(path: str):
-    """Turns an OSError while writing `path` into one WorkdirWriteError naming the path and
-    the fix (raised in the caller's thread: nothing waits on a dead writer)."""
-    try:
-        yield
-    except WorkdirWriteError:
-        raise
-    except OSError as e:
-        raise WorkdirWriteError(
-            e.errno,
-            f"cannot write {path} ({e.strerror or e}): free disk space or fix the permissions "
-            "of the workdir, then rerun the same command to resume from the last checkpoint",
-        ) from e
 
 
 class TensorBoardWriter:

@@ -20,6 +20,10 @@ SIGTERM on any process and the processes agree on the step).
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import re
 import signal
 import threading
 
@@ -32,6 +36,39 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 class DivergedError(RuntimeError):
     """A non-finite loss, gradient norm or state; the message names the step and the value."""
+
+
+class WorkdirWriteError(OSError):
+    """A file of the workdir cannot be written (disk full, permission denied, ...)."""
+
+
+@contextlib.contextmanager
+def writing(path: str):
+    """Turns a failed write under `path` into one WorkdirWriteError naming the path and the fix
+    (raised in the caller's thread: nothing waits on a dead writer). OSErrors count, and the
+    ValueErrors in which TensorStore (Orbax's writer) reports an OS error code."""
+    try:
+        yield
+    except WorkdirWriteError:
+        raise
+    except (OSError, ValueError) as e:
+        code = _os_error_code(e)
+        if code is None:
+            raise
+        raise WorkdirWriteError(
+            code,
+            f"cannot write {path} ({os.strerror(code)}: {str(e).splitlines()[0][:300]}): free "
+            "disk space or fix the permissions of the workdir, then rerun the same command to "
+            "resume from the last checkpoint",
+        ) from e
+
+
+def _os_error_code(error: Exception) -> int | None:
+    """The errno of an OSError, or of a TensorStore error ("... [os_error_code='28']")."""
+    if isinstance(error, OSError):
+        return error.errno or errno.EIO
+    match = re.search(r"os_error_code='(\d+)'", str(error))
+    return int(match.group(1)) if match else None
 
 
 class StopSignals:
