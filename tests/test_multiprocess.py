@@ -94,3 +94,26 @@ def test_when_a_process_dies_the_other_stops_with_an_error(tmp_path, digits_dir)
         for p in procs:
             p.kill()
             p.communicate()
+
+
+def test_sigterm_to_one_process_saves_every_process_at_the_same_step(tmp_path, digits_dir):
+    import os
+
+    workdir = tmp_path / "run"
+    port = portpicker.pick_unused_port()
+    procs = [start(digits_dir, workdir, port, i, 100_000) for i in range(2)]
+    try:
+        for line in procs[0].stdout:
+            if line.startswith("step") and int(line.split()[1].split("/")[0]) >= 30:
+                break
+        procs[1].send_signal(signal.SIGTERM)  # one process only: they must agree on the step
+        for p in procs:
+            p.wait(timeout=120)
+        assert [p.returncode for p in procs] == [75, 75]
+        saved = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+        logged = max(losses_by_step(workdir))
+        assert saved[-1] == logged  # the step both stopped at, saved: no step lost
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()

@@ -72,8 +72,8 @@ def _os_error_code(error: Exception) -> int | None:
 
 
 class StopSignals:
-    """While entered (in the main thread), SIGTERM and SIGINT set `requested` instead of
-    killing the process; the previous handlers come back on exit."""
+    """While entered (in the main thread of a one-process run), SIGTERM and SIGINT set
+    `requested` instead of killing the process; the previous handlers come back on exit."""
 
     def __init__(self):
         self._requested = threading.Event()
@@ -84,7 +84,9 @@ class StopSignals:
         return self._requested.is_set()
 
     def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
+        # With several processes JAX's own SIGTERM handler (the preemption notifier behind
+        # Orbax's sync point) must stay; a flag of one process could not stop the others.
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
