@@ -21,11 +21,10 @@
 # (--config.data.data_dir=/mnt/tensorflow_datasets), and the workdir must be one shared
 # directory (a bucket mounted with gcsfuse, or NFS): workdirs are paths, not gs:// URLs.
 set -euo pipefail
-dry_run=0
-if [[ ${1:-} == --dry-run ]]; then
-  dry_run=1
-  shift
-fi
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+dry_run_flag "$@"
+shift "$dry_run_shift"
 config=${1:?config file}
 workdir=${2:?workdir (a directory shared by all workers)}
 shift 2
@@ -34,25 +33,6 @@ zone=${ZONE:?zone}
 IFS=, read -ra tpus <<<"${TPU:?TPU name, or one name per slice separated by commas}"
 num_slices=${#tpus[@]}
 port=${MEGASCALE_PORT:-8081}
-
-# One command line that bash reads back as these words: a word of plain characters as it is,
-# any other in single quotes.
-quote() {
-  local words=() word
-  for word in "$@"; do
-    if [[ $word =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      words+=("$word")
-    else
-      words+=("'${word//\'/\'\\\'\'}'")
-    fi
-  done
-  printf '%s\n' "${words[*]}"
-}
-
-# Runs a command, or with --dry-run prints it.
-run() {
-  if ((dry_run)); then quote "$@"; else "$@"; fi
-}
 
 # The command each worker runs (clone once, install, train), as one line for the worker's
 # shell; every word is quoted, so that paths and flags arrive as they were given here.
@@ -83,23 +63,11 @@ elif ((dry_run)); then
 else
   coordinator=$("${lookup[@]}")
 fi
-pids=()
 for ((slice = 0; slice < num_slices; slice++)); do
   env=(MEGASCALE_COORDINATOR_ADDRESS="$coordinator:$port" MEGASCALE_NUM_SLICES="$num_slices"
     MEGASCALE_SLICE_ID="$slice" MEGASCALE_PORT="$port")
   command=("${ssh_command[@]}" "${tpus[slice]}" --zone="$zone" --worker=all
     --command="$(remote "${env[@]}")")
-  if ((dry_run)); then
-    printf '%s &\n' "$(quote "${command[@]}")"
-  else
-    "${command[@]}" &
-    pids+=($!)
-  fi
+  run_background "${command[@]}"
 done
-if ((dry_run)); then
-  echo wait
-  exit
-fi
-status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
-exit "$status"
+wait_all
