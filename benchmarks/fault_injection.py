@@ -54,19 +54,10 @@ def flags(workdir: str, data_dir: str, steps: int) -> list[str]:
 
 def losses(workdir: str) -> dict[int, float]:
     """Train loss per step from metrics.jsonl (torn lines skipped)."""
-    out = {}
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return out
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "split" not in record:
-                out[record["step"]] = record["loss"]
-    return out
+    from vit_jax.train.reporting import read_records
+
+    records = read_records(os.path.join(workdir, "metrics.jsonl"))
+    return {r["step"]: r["loss"] for r in records if "split" not in r}
 
 
 def saved_steps(workdir: str) -> list[int]:

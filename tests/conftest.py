@@ -30,6 +30,29 @@ def random_params(model, seed: int = 0, channels: int = 3) -> dict:
     return jax.tree.map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
 
 
+def tiny_config(data_dir, **overrides):
+    """A seconds-long digits run of a SMALL model on 8x8 images: 6 steps of batch 32, a
+    checkpoint every 3. `overrides` set fields, dotted for sections ("model.dropout_rate")."""
+    from vit_jax.train.config import base_config, model_config
+
+    config = base_config()
+    config.model = model_config("Ti/4", 8, num_classes=10, **SMALL)
+    config.data.data_dir = str(data_dir)
+    config.data.crop_area_min = 0.5
+    config.data.flip = False
+    config.data.cache = True
+    config.batch_size = 32
+    config.eval_batch_size = 64
+    config.total_steps = 6
+    config.optimizer.warmup_steps = 2
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 3
+    for key, value in overrides.items():
+        section, _, field = key.rpartition(".")
+        (config[section] if section else config)[field] = value
+    return config
+
+
 def read_metrics(workdir) -> list[dict]:
     """Every record of WORKDIR/metrics.jsonl."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:

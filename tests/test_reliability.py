@@ -8,29 +8,17 @@ import numpy as np
 import pytest
 
 from tests.conftest import SMALL, losses_by_step, read_metrics
+from tests.conftest import tiny_config as shared_tiny_config
 from vit_jax.checkpoint import UnreadableCheckpointError
 from vit_jax.train import stopping
-from vit_jax.train.config import base_config, model_config
 from vit_jax.train.loop import train_and_evaluate
 from vit_jax.train.reporting import Reporter
 
 
 def tiny_config(data_dir, **overrides):
-    config = base_config()
-    config.model = model_config("Ti/4", 8, num_classes=10, **SMALL)
-    config.data.data_dir = str(data_dir)
-    config.data.cache = True
-    config.batch_size = 32
-    config.eval_batch_size = 64
-    config.total_steps = 8
-    config.optimizer.warmup_steps = 0
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 2
-    config.keep_checkpoints = 1
-    for key, value in overrides.items():
-        section, _, field = key.rpartition(".")
-        (config[section] if section else config)[field] = value
-    return config
+    """The shared tiny run, 8 steps without warmup, a checkpoint every 2 (one kept)."""
+    settings = dict(total_steps=8, checkpoint_every_steps=2, keep_checkpoints=1)
+    return shared_tiny_config(data_dir, **{"optimizer.warmup_steps": 0, **settings, **overrides})
 
 
 # A learning rate that makes the loss non-finite within a few steps.
@@ -183,7 +171,7 @@ def test_a_full_disk_under_metrics_stops_the_run_with_one_message_naming_the_fil
 ):
     import time
 
-    from vit_jax.train.reporting import WorkdirWriteError
+    from vit_jax.train.stopping import WorkdirWriteError
 
     workdir = tmp_path / "run"
     workdir.mkdir()
@@ -199,7 +187,7 @@ def test_a_failing_tensorboard_write_raises_instead_of_hanging(digits_dir, tmp_p
 
     from tensorboardX.event_file_writer import EventsWriter
 
-    from vit_jax.train.reporting import WorkdirWriteError
+    from vit_jax.train.stopping import WorkdirWriteError
 
     calls = []
 

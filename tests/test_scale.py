@@ -9,32 +9,21 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import SMALL, losses_by_step
+from tests.conftest import losses_by_step
+from tests.conftest import tiny_config as shared_tiny_config
 from vit_jax import data
 from vit_jax.train import sharding
-from vit_jax.train.config import base_config, model_config, validate
+from vit_jax.train.config import validate
 from vit_jax.train.loop import initial_state, set_up, train_and_evaluate
 
 
 def tiny_config(data_dir, **overrides):
-    """A seconds-long digits run with dropout and stochastic depth on (randomness in the step)."""
-    config = base_config()
-    config.model = model_config(
-        "Ti/4", 8, num_classes=10, dropout_rate=0.1, stochastic_depth=0.1, **SMALL
+    """The shared tiny run with dropout and stochastic depth on (randomness in the step), every
+    tensor sharded under fsdp (the test model's tensors are tiny)."""
+    randomness = {"model.dropout_rate": 0.1, "model.stochastic_depth": 0.1}
+    return shared_tiny_config(
+        data_dir, **randomness, **{"sharding.fsdp_min_size_mb": 0.0}, **overrides
     )
-    config.data.data_dir = str(data_dir)
-    config.data.cache = True
-    config.batch_size = 32
-    config.eval_batch_size = 64
-    config.total_steps = 6
-    config.optimizer.warmup_steps = 2
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 3
-    config.sharding.fsdp_min_size_mb = 0.0  # the test model's tensors are tiny: shard them all
-    for key, value in overrides.items():
-        section, _, field = key.rpartition(".")
-        (config[section] if section else config)[field] = value
-    return config
 
 
 LAYOUTS = {

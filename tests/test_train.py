@@ -6,40 +6,29 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from tests.conftest import SMALL, read_metrics
+from tests.conftest import SMALL, read_metrics, tiny_config
 from vit_jax import data, models
 from vit_jax.data.folder import scan_folder
 from vit_jax.train import optim, parallel
-from vit_jax.train.config import base_config, model_config, validate
+from vit_jax.train.config import validate
 from vit_jax.train.loop import evaluate, train_and_evaluate
 from vit_jax.train.sharding import MeshOptions, ShardingOptions
 from vit_jax.train.state import create_state, init_params
 from vit_jax.train.step import make_train_step, mixup, soft_targets
 
 
-def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
-    """A seconds-long digits run."""
-    config = base_config()
-    config.model = model_config("Ti/4", 8, num_classes=10, **SMALL)
-    config.data.data_dir = str(data_dir)
-    config.data.augment = "inception"
-    config.data.crop_area_min = 0.5
-    config.data.flip = False
-    config.data.cache = True
-    config.batch_size = 32
-    config.eval_batch_size = 64
-    config.total_steps = 6
-    config.optimizer.warmup_steps = 2
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 3
-    for key, value in overrides.items():
-        config[key] = value
-    return config
+def model_and_batches(digits_dir, steps: int = 10):
+    """The tiny config, its model and the first `steps` global batches of its stream."""
+    config = tiny_config(digits_dir)
+    dataset = data.open_dataset(validate(config).data)
+    it = iter(data.train_loader(dataset, image_size=(8, 8), global_batch_size=32, seed=0))
+    batches = [next(it) for _ in range(steps)]
+    it.close()
+    return config, models.build(config.model), batches
 
 
 def run_steps(par, model, config, batches, num_steps=10, grad_accum_steps=1):
@@ -70,12 +59,7 @@ def run_steps(par, model, config, batches, num_steps=10, grad_accum_steps=1):
 
 def test_mesh_pmap_and_single_device_give_the_same_losses(digits_dir):
     assert jax.device_count() == 8, "conftest sets JAX_NUM_CPU_DEVICES=8"
-    config = tiny_config(digits_dir)
-    model = models.build(config.model)
-    dataset = data.open_dataset(validate(config).data)
-    it = iter(data.train_loader(dataset, image_size=(8, 8), global_batch_size=32, seed=0))
-    batches = [next(it) for _ in range(10)]
-    it.close()
+    config, model, batches = model_and_batches(digits_dir)
     mesh, mesh_state = run_steps(parallel.make("jit"), model, config, batches)
     pmap, pmap_state = run_steps(parallel.make("pmap"), model, config, batches)
     single, _ = run_steps(parallel.make("jit", jax.devices()[:1]), model, config, batches)
@@ -104,12 +88,7 @@ def bytes_on(device, tree) -> int:
 def test_fsdp_gives_the_losses_of_data_parallelism_with_an_eighth_of_the_state_per_device(
     digits_dir,
 ):
-    config = tiny_config(digits_dir)
-    model = models.build(config.model)
-    dataset = data.open_dataset(validate(config).data)
-    it = iter(data.train_loader(dataset, image_size=(8, 8), global_batch_size=32, seed=0))
-    batches = [next(it) for _ in range(10)]
-    it.close()
+    config, model, batches = model_and_batches(digits_dir)
     dp, dp_state = run_steps(parallel.make("jit"), model, config, batches)
     fsdp_par = parallel.make(
         "jit", mesh=MeshOptions(data=1, fsdp=8), options=ShardingOptions(fsdp_min_size_mb=0)
