@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 import orbax.checkpoint as ocp
+from absl import logging
 
 from vit_jax.checkpoint.errors import UnreadableCheckpointError
 
@@ -72,7 +73,15 @@ def find_step_dir(path: str) -> tuple[str, int | None]:
 
 
 def read_config(step_dir: str) -> dict | None:
-    """The config JSON saved in a step directory, or None if it has none."""
+    """The config JSON saved in a step directory, or None if it has none or it cannot be read
+    (then what the parameters' shapes tell is used, as for a file without a config)."""
     if not os.path.isdir(os.path.join(step_dir, CONFIG)):
         return None
-    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, CONFIG))
+    try:
+        config = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+            os.path.join(step_dir, CONFIG)
+        )
+    except Exception as e:  # a damaged item: JSON, Orbax and file errors alike
+        logging.warning("the config saved in %s cannot be read (%s); ignored", step_dir, e)
+        return None
+    return config if isinstance(config, dict) else None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import zipfile
 import zlib
 
@@ -35,6 +36,18 @@ from vit_jax.models.posemb import learned
 from vit_jax.models.scan import unscan_params
 
 PREFIXES = ("", "params/", "params/img/", "opt/target/")
+# What reading a damaged or foreign archive raises (zipfile: also NotImplementedError for an
+# unknown version and RuntimeError for an encrypted member; struct.error for torn headers).
+READ_ERRORS = (
+    zipfile.BadZipFile,
+    EOFError,
+    OSError,
+    ValueError,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+    struct.error,
+)
 CONFIG_KEY = "vit_jax_config"
 _ANCHOR = paths.PATCH_KERNEL
 _POSEMB_KEY = paths.join(paths.TRANSFORMER, paths.POSEMB_SCOPE, learned.PARAM)
@@ -77,7 +90,7 @@ def _headers(path: str) -> dict[str, jax.ShapeDtypeStruct]:
                     )
                     shape, _, dtype = read(f)
                 headers[info.filename.removesuffix(".npy")] = (shape, dtype)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as e:
+    except READ_ERRORS as e:
         raise _open_error(path, e) from e
     for name, (_, dtype) in headers.items():
         if dtype.hasobject:
@@ -156,7 +169,7 @@ def load_npz(path: str | os.PathLike) -> tuple[dict, dict]:
         with np.load(path, allow_pickle=False) as archive:
             mapping, _ = _layout(path, list(archive.files))
             flat = {ours: archive[key] for key, ours in mapping.items()}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as e:
+    except READ_ERRORS as e:
         raise _open_error(path, e) from e
     return paths.unflatten(flat), meta
 

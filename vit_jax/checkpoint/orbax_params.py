@@ -53,14 +53,21 @@ def load_orbax_params(path: str | os.PathLike) -> tuple[dict, dict]:
     Orbax checkpoint; only `state["params"]` is read."""
     shapes, meta = read_orbax_shapes(path)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), shapes)
-    restored = ocp.PyTreeCheckpointer().restore(
-        os.path.join(meta["path"], layout.STATE),
-        args=ocp.args.PyTreeRestore(
-            item={layout.PARAMS: shapes},
-            restore_args={layout.PARAMS: restore_args},
-            partial_restore=True,
-        ),
-    )
+    state = os.path.join(meta["path"], layout.STATE)
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            state,
+            args=ocp.args.PyTreeRestore(
+                item={layout.PARAMS: shapes},
+                restore_args={layout.PARAMS: restore_args},
+                partial_restore=True,
+            ),
+        )
+    except Exception as e:  # Orbax and TensorStore raise many types for damaged files
+        raise UnreadableCheckpointError(
+            f"{state} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:300]}): the "
+            "checkpoint is damaged or incomplete. Use another step or checkpoint."
+        ) from e
     return restored[layout.PARAMS], meta
 
 
