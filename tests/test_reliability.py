@@ -289,3 +289,43 @@ def test_a_disk_that_fills_during_a_checkpoint_save_is_one_message_and_status_4(
     assert "error: cannot write" in result.stderr and "No space left on device" in result.stderr
     assert time.monotonic() - began < 60
     assert os.path.isdir(small_disk / "run" / "checkpoints" / "5")  # earlier ones intact
+
+
+def test_a_checkpoint_save_that_hangs_ends_the_run_instead_of_hanging(digits_dir, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from tests import cli
+
+    flags = cli.tiny_digits_flags(
+        digits_dir,
+        tmp_path / "run",
+        20,
+        checkpoint_every_steps=5,
+        checkpoint_timeout_minutes=0.05,  # 3 s
+    )
+    hang = (
+        "import sys, time\n"
+        "import vit_jax.checkpoint.manager as m\n"
+        "m.save = lambda *a, **k: time.sleep(600)  # a save that never returns\n"
+        "from absl import app\n"
+        "from vit_jax.main import main\n"
+        "sys.argv = ['vit_jax.main'] + sys.argv[1:]\n"
+        "app.run(main)\n"
+    )
+    began = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", hang, *flags],
+        env=cli.env(1),
+        cwd=cli.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == stopping.FAULT == 1
+    assert (
+        "error: the checkpoint save in" in result.stderr
+        and "did not finish within 3 s" in result.stderr
+    )
+    assert time.monotonic() - began < 60

@@ -88,6 +88,12 @@ class TrainOptions:
     log_every_steps: int = option(50, "steps between training-metric logs", low=1)
     eval_every_steps: int = option(0, "steps between evaluations; 0: at the end only", low=0)
     checkpoint_every_steps: int = option(500, "steps between checkpoints", low=1)
+    checkpoint_timeout_minutes: float = option(
+        30.0,
+        "a checkpoint save (with the wait for the previous one) that takes longer stops the run "
+        "(status 1) instead of hanging; 0: wait forever",
+        low=0,
+    )
     checkpoint_every_minutes: float = option(
         0.0, "also save once this many minutes have passed since the last save; 0: off", low=0
     )

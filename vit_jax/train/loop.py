@@ -32,7 +32,7 @@ from vit_jax.train.parallel import to_host
 from vit_jax.train.reporting import PendingMetrics, Reporter, format_duration
 from vit_jax.train.state import create_state, init_params
 from vit_jax.train.step import make_eval_step, make_train_step
-from vit_jax.train.stopping import DivergedError, StopSignals, writing
+from vit_jax.train.stopping import DivergedError, StopSignals, deadline, writing
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -185,7 +185,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         # is a request the loop (or completion) answers, never an abrupt death.
         signals = cleanup.enter_context(StopSignals())
         run = set_up(config, workdir)
-        cleanup.callback(close_manager, run.manager)
+        cleanup.callback(close_manager, run)
         state, train_iter, resumed = initial_state(run)
         cleanup.callback(getattr(train_iter, "close", lambda: None))
         start_step = int(to_host(state["step"]))
@@ -295,10 +295,10 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
             pending.check(stop=train.nonfinite == "stop")
             if not bool(to_host(stopping.all_finite(state))):
                 raise DivergedError(f"the state after step {done} is not finite; not saved.")
-            with writing(str(run.manager.directory)):
+            with saving(run):
                 ckpt.save(run.manager, done, par.host_state(state), run.config_dict, force=True)
         if stop:
-            with writing(str(run.manager.directory)):
+            with saving(run):
                 run.manager.wait_until_finished()
             return state, eval_step, time.perf_counter() - train_start, done
     return state, eval_step, time.perf_counter() - train_start, 0
@@ -326,11 +326,21 @@ def compile_steps(run: Run, state):
     return train_step, eval_step
 
 
-def close_manager(manager) -> None:
-    """Waits for the save in progress and closes the manager; a save that could not be
-    written (disk full, permissions) becomes one WorkdirWriteError naming the directory."""
-    with writing(str(manager.directory)):
-        manager.close()
+@contextlib.contextmanager
+def saving(run: Run):
+    """Around checkpoint writes and waits: a save that cannot be written (disk full,
+    permissions) becomes one WorkdirWriteError naming the directory, and one that hangs ends
+    the run after checkpoint_timeout_minutes."""
+    minutes = run.settings.train.checkpoint_timeout_minutes
+    with deadline(60 * minutes, f"the checkpoint save in {run.manager.directory}"):
+        with writing(str(run.manager.directory)):
+            yield
+
+
+def close_manager(run: Run) -> None:
+    """Waits for the save in progress and closes the checkpoint manager (see `saving`)."""
+    with saving(run):
+        run.manager.close()
 
 
 def describe(run: Run, state, start_step: int) -> str:
@@ -365,7 +375,7 @@ def finish(
     result = evaluate_run(run, eval_step, state)
     final_step = int(run.par.metric(state["step"]))
     reporter.eval(final_step, "eval", **result)
-    with writing(str(run.manager.directory)):
+    with saving(run):
         run.manager.wait_until_finished()
     steps_run = final_step - start_step
     batch_size = run.settings.train.batch_size

@@ -25,6 +25,7 @@ import errno
 import os
 import re
 import signal
+import sys
 import threading
 
 import jax
@@ -69,6 +70,35 @@ def _os_error_code(error: Exception) -> int | None:
         return error.errno or errno.EIO
     match = re.search(r"os_error_code='(\d+)'", str(error))
     return int(match.group(1)) if match else None
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, what: str):
+    """Ends the process with FAULT and one message if the block runs longer than `seconds`
+    (0: no limit). For waits that nothing else would end, such as a checkpoint save that
+    hangs in a background thread: a run that stops can be rerun; a hung one holds its
+    machines forever."""
+    if not seconds:
+        yield
+        return
+
+    def expire() -> None:
+        print(
+            f"error: {what} did not finish within {seconds:.0f} s; the run stops (status "
+            f"{FAULT}) instead of hanging. Rerun the same command to resume from the last "
+            "complete checkpoint.",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(FAULT)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 class StopSignals:
