@@ -46,6 +46,7 @@ def flags(workdir: str, data_dir: str, steps: int) -> list[str]:
         "log_every_steps": 1,
         "checkpoint_every_steps": 10,
         "keep_checkpoints": 3,
+        "checkpoint_timeout_minutes": 1,  # a hung save ends the run (counted) within a minute
         "data.data_dir": data_dir,
     }
     command = [sys.executable, "-m", "vit_jax.main", f"--config={ROOT}/configs/digits.py"]
