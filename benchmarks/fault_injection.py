@@ -95,14 +95,27 @@ def env() -> dict:
 
 
 def start(workdir: str, data_dir: str, steps: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        flags(workdir, data_dir, steps),
-        env=env(),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    """The run, its progress lines on a pipe and its stderr in a file (a pipe nobody reads
+    would fill and stop the run)."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "stderr.log"), "w") as stderr:  # the child keeps its copy
+        proc = subprocess.Popen(
+            flags(workdir, data_dir, steps),
+            env=env(),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    proc.stderr_path = stderr.name
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> str:
+    """Waits for the run (draining its progress lines); returns its stderr."""
+    proc.communicate(timeout=timeout)
+    with open(proc.stderr_path) as f:
+        return f.read()
 
 
 def kill_at(proc: subprocess.Popen, step: int, sig: int) -> bool:
@@ -122,7 +135,7 @@ def faulty_run(index, args, plan, reference, counts, rng) -> None:
     for event in [*plan, None]:
         proc = start(workdir, args.data_dir, args.steps)
         if event is None:
-            _, err = proc.communicate(timeout=args.timeout)
+            err = finish(proc, args.timeout)
             if proc.returncode != 0:
                 counts["failed_to_resume"] += 1
                 print(err[-2000:], file=sys.stderr)
@@ -132,13 +145,13 @@ def faulty_run(index, args, plan, reference, counts, rng) -> None:
         # step, while its save is being written.
         resume = max(saved_steps(workdir), default=0)
         if resume >= args.steps:  # already complete: nothing left to interrupt
-            proc.communicate(timeout=args.timeout)
+            finish(proc, args.timeout)
             continue
         target = rng.randrange(resume + 1, args.steps + 1)
         if rng.random() < 1 / 3 and target - target % 10 > resume:
             target -= target % 10
         sent = kill_at(proc, target, sig)
-        _, err = proc.communicate(timeout=args.timeout)
+        err = finish(proc, args.timeout)
         if proc.returncode == 1:  # a fault: the run ended in a traceback
             counts["tracebacks"] += 1
             print(err[-2000:], file=sys.stderr)
