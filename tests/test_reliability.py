@@ -329,3 +329,19 @@ def test_a_checkpoint_save_that_hangs_ends_the_run_instead_of_hanging(digits_dir
         and "did not finish within 3 s" in result.stderr
     )
     assert time.monotonic() - began < 60
+
+
+def test_an_uncommitted_save_is_never_restored_and_is_cleaned_up(digits_dir, tmp_path):
+    config = tiny_config(digits_dir, total_steps=6, keep_checkpoints=3)
+    workdir = tmp_path / "run"
+    train_and_evaluate(config, str(workdir))
+    # What a kill during the save of step 8 leaves: a complete-looking but uncommitted copy.
+    shutil.copytree(
+        workdir / "checkpoints" / "6", workdir / "checkpoints" / "8.orbax-checkpoint-tmp"
+    )
+    summary = train_and_evaluate(
+        tiny_config(digits_dir, total_steps=8, keep_checkpoints=3), str(workdir)
+    )
+    assert summary["step"] == 8
+    assert 7 in losses_by_step(workdir)  # resumed from 6, not from the uncommitted 8
+    assert not [d for d in os.listdir(workdir / "checkpoints") if "tmp" in d]
