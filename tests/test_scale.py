@@ -61,6 +61,17 @@ def test_the_global_batch_of_a_step_is_the_same_on_any_number_of_processes(digit
     resumed = batches(2, 1, start_step=2, steps=1)[0]
     np.testing.assert_array_equal(resumed["image"], one[2]["image"][16:])
 
+    # Worker processes split the stream by whole steps: the same batches, from any step.
+    config = tiny_config(digits_dir, **{"data.num_workers": 2})
+    with_workers = data.open_dataset(validate(config).data)
+    loader = data.train_loader(
+        with_workers, image_size=(8, 8), global_batch_size=32, seed=5, start_step=1
+    )
+    it = iter(loader)
+    for step in (1, 2):
+        np.testing.assert_array_equal(next(it)["image"], one[step]["image"])
+    it.close()
+
 
 def run_and_resume(digits_dir, tmp_path, first: str, second: str) -> tuple[dict, dict]:
     """Losses of an uninterrupted 6-step run under layout `first`, and of the same run resumed

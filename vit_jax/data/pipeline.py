@@ -311,19 +311,25 @@ def _prefetch(ds: grain.IterDataset, opts: DataOptions) -> grain.IterDataset:
 
 
 @dataclasses.dataclass(frozen=True)
-class ProcessRows(grain.transforms.Map):
-    """Local position k of one process -> the example at its global position in `stream`:
-    process i of a run with global batch B and b = B / processes takes rows [i*b, (i+1)*b) of
-    every global batch, so local position k is global position (k // b) * B + i * b + k % b."""
+class ProcessBatch(grain.transforms.Map):
+    """Step t -> this process's rows of the global batch of step t, stacked: {'image':
+    [b, H, W, C], 'label': [b]}. Process i of a run with global batch B and b = B / processes
+    takes the examples at global positions t*B + i*b ... t*B + (i+1)*b - 1 of `stream`. A
+    skipped (None) example is replaced by the first readable one of those rows."""
 
     stream: grain.MapDataset
     global_batch_size: int
     batch_size: int
     shard_index: int
 
-    def map(self, k: int):
-        step, row = divmod(k, self.batch_size)
-        return self.stream[step * self.global_batch_size + self.shard_index * self.batch_size + row]
+    def map(self, step: int) -> dict | None:
+        first = step * self.global_batch_size + self.shard_index * self.batch_size
+        rows = [self.stream[first + r] for r in range(self.batch_size)]
+        readable = [r for r in rows if r is not None]
+        if not readable:
+            return None
+        rows = [readable[0] if r is None else r for r in rows]
+        return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
 
 
 def train_loader(
@@ -345,10 +351,11 @@ def train_loader(
     rows [i*b, (i+1)*b) of every global batch (`shard` defaults to `ShardByJaxProcess`; pass
     `ShardOptions` to simulate processes). So runs on any topology (1 process x 8 devices,
     2 x 4, ...) see the same examples in the same order, and a run resumed at step t, on any
-    topology, continues with exactly the batches an uninterrupted one would have seen. Batches
-    run across epoch boundaries, so none is partial. With bad_image='skip', a skipped example
-    is replaced by the process's next one (order then depends on the topology). Call the
-    iterator's `close()` to stop its threads or worker processes early.
+    topology and with any number of workers, continues with exactly the batches an
+    uninterrupted one would have seen. Batches run across epoch boundaries, so none is
+    partial. With bad_image='skip', a skipped example is replaced by the first readable one of
+    the process's rows. Call the iterator's `close()` to stop its threads or worker processes
+    early.
     """
     opts = dataset.options
     shard, batch_size = _per_process_batch(global_batch_size, shard)
@@ -364,12 +371,11 @@ def train_loader(
         .repeat()
         .random_map(preprocess, seed=int(augment_seed))
     )
-    rows = ProcessRows(stream, global_batch_size, batch_size, shard.shard_index)
-    start = start_step * batch_size
-    ds = grain.MapDataset.range(start, start + len(stream) // global_batch_size * batch_size)
-    # Batching after to_iter_dataset lets skipped (None) examples drop out of full batches.
-    ds = ds.map(rows).to_iter_dataset(_read_options(opts)).batch(batch_size, drop_remainder=True)
-    return _prefetch(ds, opts)
+    # One element per step, so that worker processes split the stream by whole batches and
+    # the sequence of batches is the same with any number of workers, and from any start.
+    batch = ProcessBatch(stream, global_batch_size, batch_size, shard.shard_index)
+    steps = grain.MapDataset.range(start_step, start_step + len(stream) // global_batch_size)
+    return _prefetch(steps.map(batch).to_iter_dataset(_read_options(opts)), opts)
 
 
 def eval_batches(
