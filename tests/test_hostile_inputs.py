@@ -24,15 +24,22 @@ ANYTHING = st.one_of(
     st.lists(st.integers(-2, 40), max_size=3),
 )
 FIELDS = [f for f in models.FIELDS if f not in ("num_classes", "image_size")]
+
+
 # derandomize: the same examples on every run (CI stays deterministic); raise max_examples or
 # drop derandomize locally to search further.
-FAST = settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    derandomize=True,
-    database=None,
-)
+def fuzz(examples: int):
+    """The same `examples` on every run, no deadline, no example database."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
+
+
+FAST = fuzz(150)
 
 
 @FAST
@@ -93,13 +100,7 @@ def npz_bytes(tmp_path_factory) -> bytes:
     return path.read_bytes()
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    derandomize=True,
-    database=None,
-)
+@fuzz(60)
 @given(data=st.data())
 def test_damaged_or_foreign_npz_files_raise_value_error(npz_bytes, tmp_path_factory, data):
     how = data.draw(st.sampled_from(["truncate", "flip", "random", "empty"]))
@@ -167,13 +168,7 @@ def orbax_step(tmp_path_factory) -> str:
     return save_orbax_params(root / "ckpt", random_params(model), config={"model": {}})
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    derandomize=True,
-    database=None,
-)
+@fuzz(25)
 @given(data=st.data())
 def test_damaged_orbax_checkpoints_raise_value_error(orbax_step, tmp_path_factory, data):
     import shutil
