@@ -1,6 +1,6 @@
 """Shared test set-up: 8 simulated CPU devices (set before JAX initialises), the small model
 sizes and random parameters every model test uses, the digits dataset built once per session,
-and readers of a run's metrics.
+readers of a run's metrics, and a persistent compilation cache for the session.
 
 Helpers are imported by the test modules (`from tests.conftest import SMALL, random_params`);
 fixtures (`digits_dir`) are found by pytest.
@@ -8,9 +8,13 @@ fixtures (`digits_dir`) are found by pytest.
 
 import json
 import os
+import tempfile
 
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The persistent compilation cache, on by default in runs, kept inside this session's temp dir
+# (every run and subprocess of the session shares it; the user's cache is left alone).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="vit_jax_xla_"))
 
 import jax  # noqa: E402  (after the environment above)
 import jax.numpy as jnp  # noqa: E402

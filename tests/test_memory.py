@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import SMALL
 from vit_jax.tools import memory as memory_tool
-from vit_jax.train import memory, optim, sharding
+from vit_jax.train import cost, optim, sharding
 from vit_jax.train.config import base_config, model_config, validate
 from vit_jax.train.sharding import MeshOptions, ShardingOptions
 
@@ -69,7 +69,7 @@ def test_exact_vit_h14_count_and_an_unset_class_count_taken_as_1000():
     config.batch_size = config.eval_batch_size = 4096
     config.mesh.fsdp, config.mesh.data = 64, 1
     config.sharding.fsdp_min_size_mb = 0.0
-    plan = memory.plan_memory(config, devices=64, compile_step=False)
+    plan = cost.plan_memory(config, devices=64, compile_step=False)
     assert plan["num_params"] == VIT_H14_PARAMS
     assert plan["num_classes"] == 1000 and plan["num_classes_assumed"]
     # Only the head bias [1000] and the 32 blocks' q, k, v biases [16 heads, 80] have no
@@ -92,8 +92,8 @@ def device0_bytes(tree) -> int:
 
 def test_the_plan_matches_a_real_8_device_fsdp_placement_and_compiles_a_peak():
     assert jax.device_count() == 8
-    fsdp1 = memory.plan_memory(tiny_config(), devices=8, compile_step=False)
-    fsdp8 = memory.plan_memory(tiny_config(**{"mesh.fsdp": 8, "mesh.data": 1}), devices=8)
+    fsdp1 = cost.plan_memory(tiny_config(), devices=8, compile_step=False)
+    fsdp8 = cost.plan_memory(tiny_config(**{"mesh.fsdp": 8, "mesh.data": 1}), devices=8)
     assert fsdp8["mesh"] == {"data": 1, "fsdp": 8}
     ratio = fsdp8["params_bytes_per_device"] / fsdp1["params_bytes_per_device"]
     assert 1 / 8 <= ratio < 1.2 / 8  # a few leaves (the 10-class head bias) stay replicated
@@ -101,7 +101,7 @@ def test_the_plan_matches_a_real_8_device_fsdp_placement_and_compiles_a_peak():
     # The plan against reality: place zeros of the state's shapes on an 8-device fsdp mesh.
     settings = validate(tiny_config(**{"mesh.fsdp": 8, "mesh.data": 1}))
     tx, _ = optim.make_optimizer(settings.optimizer, settings.train.total_steps)
-    abstract = memory.abstract_train_state(settings.model, tx)
+    abstract = cost.abstract_train_state(settings.model, tx)
     mesh = sharding.make_mesh(MeshOptions(data=1, fsdp=8))
     where = sharding.state_shardings(abstract, mesh, ShardingOptions(fsdp_min_size_mb=0.0))
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)

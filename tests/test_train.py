@@ -183,12 +183,21 @@ def test_eval_counts_every_example_of_a_split_not_divisible_by_the_batch(digits_
 
 def test_training_writes_metrics_tensorboard_config_and_checkpoints(digits_dir, tmp_path):
     workdir = tmp_path / "run"
-    summary = train_and_evaluate(tiny_config(digits_dir), str(workdir))
+    config = tiny_config(digits_dir, profile_start_step=3, profile_num_steps=2)
+    summary = train_and_evaluate(config, str(workdir))
     records = read_metrics(workdir)
     train = [r for r in records if "split" not in r]
     evals = [r for r in records if "split" in r]
     assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
-    assert set(train[0]) >= {"step", "loss", "accuracy", "learning_rate", "img_per_sec"}
+    assert set(train[0]) >= {"step", "loss", "accuracy", "learning_rate"}
+    # Speed: MFU and the share of time spent waiting for data in every record; the first
+    # step's compilation time once, apart from img/s.
+    # (logged every step, the first record holds the compiling step alone: no img/s there)
+    assert all(0 < r["mfu"] < 10 and 0 <= r["data_wait"] <= 1 for r in train[1:])
+    assert [r.get("compile_seconds", 0) > 0 for r in train] == [True] + [False] * 5
+    assert "img_per_sec" not in train[0] and all(r["img_per_sec"] > 0 for r in train[1:])
+    traces = [f for _, _, fs in os.walk(workdir / "profile") for f in fs if "trace" in f]
+    assert traces, "profile_start_step wrote no trace"
     assert evals[-1]["num_examples"] == 297 and evals[-1]["split"] == "eval"
     assert summary["num_examples"] == 297 and summary["step"] == 6
     assert json.load(open(workdir / "config.json"))["model"]["hidden_size"] == 32

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.models import precision
 from vit_jax.models.resize import resize_matrix
 from vit_jax.options import unknown_choice
 
@@ -64,9 +65,12 @@ class PatchEmbed(nn.Module):
                 window_strides=(ph, pw),
                 padding="VALID",
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                preferred_element_type=precision.accumulation(self.dtype),
             )
         elif self.patch_embed == "linear":
-            x = jnp.einsum("bhwpqc,pqcd->bhwd", patchify(images, self.patch_size), kernel)
+            x = precision.einsum(
+                "bhwpqc,pqcd->bhwd", patchify(images, self.patch_size), kernel, dtype=self.dtype
+            )
         else:
             raise unknown_choice("patch_embed", self.patch_embed, PATCH_EMBEDS)
         return x + bias

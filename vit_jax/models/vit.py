@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models import paths
+from vit_jax.models import paths, precision
 from vit_jax.models import posemb as posembs
-from vit_jax.models.attention import Attention
+from vit_jax.models.attention import ATTENTION_IMPLS, LIBRARY_IMPLS, Attention
 from vit_jax.models.patch_embed import PATCH_EMBEDS, PatchEmbed
 from vit_jax.models.posemb import POSEMBS, VARIANTS, Position, split_posemb
 from vit_jax.models.posemb.factorized import MODES as FACTORIZED_MODES
@@ -73,6 +73,7 @@ class MlpBlock(nn.Module):
             bias_init=nn.initializers.normal(stddev=1e-6),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            dot_general=precision.dot_general(self.dtype),
         )
         y = dense(self.mlp_dim)(x)
         y = ACTIVATIONS[self.activation](y)
@@ -98,6 +99,7 @@ class BlockSettings:
     attention_dropout_rate: float
     layernorm_epsilon: float
     deterministic: bool
+    attention_impl: str
     dtype: jnp.dtype
     param_dtype: jnp.dtype
 
@@ -123,6 +125,7 @@ class EncoderBlock(nn.Module):
             position=s.position,
             dropout_rate=s.attention_dropout_rate,
             deterministic=s.deterministic,
+            impl=s.attention_impl,
             dtype=s.dtype,
             param_dtype=s.param_dtype,
             name=paths.BLOCK_ATTENTION,
@@ -279,6 +282,12 @@ class VisionTransformer(nn.Module):
         "rematerialisation policy under scan ('none': no remat)",
         choices=tuple(REMAT_POLICIES),
     )
+    attention_impl: str = option(
+        "auto",
+        "how attention is computed (same parameters and outputs): 'auto' (fastest for the "
+        "backend), 'reference', 'fused', or jax.nn.dot_product_attention's 'xla' / 'cudnn'",
+        choices=ATTENTION_IMPLS,
+    )
     dtype: str | jnp.dtype = option("float32", "compute dtype, e.g. 'bfloat16'", type=None)
     param_dtype: str | jnp.dtype = option("float32", "storage dtype of the parameters", type=None)
 
@@ -363,6 +372,7 @@ class VisionTransformer(nn.Module):
                 self.representation_size,
                 dtype=dtype,
                 param_dtype=param_dtype,
+                dot_general=precision.dot_general(dtype),
                 name=paths.PRE_LOGITS,
             )(x)
             x = jnp.tanh(x)
@@ -373,6 +383,7 @@ class VisionTransformer(nn.Module):
                 bias_init=nn.initializers.constant(self.head_bias_init),
                 dtype=dtype,
                 param_dtype=param_dtype,
+                dot_general=precision.dot_general(dtype),
                 name=paths.HEAD,
             )(x)
         return x
@@ -400,6 +411,7 @@ class VisionTransformer(nn.Module):
             attention_dropout_rate=self.attention_dropout_rate,
             layernorm_epsilon=self.layernorm_epsilon,
             deterministic=not train,
+            attention_impl=self.attention_impl,
             dtype=dtype,
             param_dtype=param_dtype,
         )
@@ -493,6 +505,12 @@ def validate(m: VisionTransformer) -> None:
             raise ValueError(
                 f"{field}={getattr(m, field)!r} is not a dtype; use e.g. 'float32' or 'bfloat16'."
             ) from None
+    if m.attention_impl in LIBRARY_IMPLS and m.attention_dropout_rate > 0:
+        raise ValueError(
+            f"attention_impl={m.attention_impl!r} (jax.nn.dot_product_attention) has no "
+            f"attention dropout, but attention_dropout_rate={m.attention_dropout_rate}: use "
+            "attention_impl='auto' or 'fused', or attention_dropout_rate=0."
+        )
     posembs.check(m)
 
 

@@ -9,7 +9,7 @@ device count) is the size of the planned mesh, so a 64-device FSDP run can be pl
 laptop. Prints parameters, optimizer state and gradients in bytes per device (exact, from the
 sharding rule) and the peak of XLA's temporaries for the compiled per-device step (an XLA:CPU
 proxy on a CPU machine; skipped with --no-compile); --json prints one JSON object instead.
-See vit_jax/train/memory.py.
+See vit_jax/train/cost.py.
 """
 
 from __future__ import annotations
@@ -61,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         text = str(e).replace("\\n", " ").strip("'\"").replace("\\'", "'")
         print(f"error: --config override of an unknown field: {text}", file=sys.stderr)
         return 1
-    from vit_jax.train import memory
+    from vit_jax.train import cost
 
     def action() -> str:
-        plan = memory.plan_memory(fv.config, fv.devices, compile_step=not fv["no-compile"].value)
-        return json.dumps(plan) if fv.json else memory.format_plan(plan)
+        plan = cost.plan_memory(fv.config, fv.devices, compile_step=not fv["no-compile"].value)
+        return json.dumps(plan) if fv.json else cost.format_plan(plan)
 
     return run(action)
 

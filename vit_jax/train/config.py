@@ -110,6 +110,18 @@ class TrainOptions:
         "official / big_vision .npz; resized to the model, a head of another class count re-made",
         type=str,
     )
+    profile_start_step: int = option(
+        0,
+        "write a jax.profiler trace of the steps after this one to WORKDIR/profile; 0: off",
+        low=0,
+    )
+    profile_num_steps: int = option(5, "steps the profiler trace covers", low=1)
+    compilation_cache_dir: str = option(
+        "~/.cache/vit_jax/jax",
+        "persistent XLA compilation cache (a rerun or resume skips compiling); '': off. The "
+        "JAX_COMPILATION_CACHE_DIR environment variable, when set, wins",
+        type=str,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,9 +26,10 @@ import orbax.checkpoint as ocp
 from vit_jax import data
 from vit_jax.checkpoint import manager as ckpt
 from vit_jax.models import VisionTransformer
-from vit_jax.train import optim, parallel, provenance, stopping
+from vit_jax.train import cost, optim, parallel, provenance, stopping
 from vit_jax.train.config import Settings, validate, with_dataset
 from vit_jax.train.parallel import to_host
+from vit_jax.train.profiling import StepProfiler
 from vit_jax.train.reporting import PendingMetrics, Reporter, format_duration
 from vit_jax.train.state import create_state, init_params
 from vit_jax.train.step import make_eval_step, make_train_step
@@ -118,7 +119,7 @@ def initial_params(settings: Settings, rng, channels: int, sharding):
 
 # Model fields that say how the model is computed, not what it is: a run may resume with other
 # values (it moves from CPU to GPU to TPU), as it may on another mesh or parallel strategy.
-COMPUTE_FIELDS = ("dtype", "remat_policy")
+COMPUTE_FIELDS = ("dtype", "remat_policy", "attention_impl")
 
 
 def check_same_run(manager, config_dict: dict) -> None:
@@ -207,6 +208,7 @@ def set_up(config, workdir: str) -> Run:
     manager, and refuses a workdir that holds a run of another model."""
     settings = validate(config)  # every field of every section, before anything is read
     workdir = prepare_workdir(workdir)
+    parallel.use_compilation_cache(settings.train.compilation_cache_dir)
     dataset = data.open_dataset(settings.data)  # opened once: every loader and eval reuses it
     settings = with_dataset(settings, dataset.info)
     train = settings.train
@@ -279,29 +281,82 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
     reporter.message(describe(run, state, start_step))
     train_step, eval_step = compile_steps(run, state)
     state = par.put_state(state)
+    speed = Throughput.of(run)
+    reporter.message(speed.describe())
     pending = PendingMetrics(par.metric, start_step, train.batch_size)
+    profiler = StepProfiler(run.workdir, train.profile_start_step, train.profile_num_steps)
     train_start = time.perf_counter()
-    for step in range(start_step, train.total_steps):
-        state, metrics = train_step(state, par.put_batch(next(train_iter)))
-        pending.add(metrics)
-        done = step + 1
-        if done % train.log_every_steps == 0 or done == train.total_steps:
-            reporter.train(done, *pending.flush(done, stop=train.nonfinite == "stop"))
-        if train.eval_every_steps and done % train.eval_every_steps == 0:
-            if done < train.total_steps:
-                reporter.eval(done, "eval", **evaluate_run(run, eval_step, state))
-        stop = stopping.stop_requested(run.manager, done, signals)
-        if done == train.total_steps or run.manager.should_save(done) or stop:
-            pending.check(stop=train.nonfinite == "stop")
-            if not bool(to_host(stopping.all_finite(state))):
-                raise DivergedError(f"the state after step {done} is not finite; not saved.")
-            with saving(run):
-                ckpt.save(run.manager, done, par.host_state(state), run.config_dict, force=True)
-        if stop:
-            with saving(run):
-                run.manager.wait_until_finished()
-            return state, eval_step, time.perf_counter() - train_start, done
+    try:
+        for step in range(start_step, train.total_steps):
+            profiler.before(step)
+            fetch_start = time.perf_counter()
+            batch = par.put_batch(next(train_iter))
+            pending.waited(time.perf_counter() - fetch_start)
+            state, metrics = train_step(state, batch)
+            pending.add(metrics)
+            done = step + 1
+            if step == start_step:  # compiled on its first call: time it apart from throughput
+                jax.block_until_ready(metrics)
+                speed.compile_seconds = time.perf_counter() - train_start
+                reporter.message(f"first step (compilation included): {speed.compile_seconds:.1f}s")
+                pending.restart_clock(done)
+            message = profiler.after(done, (state, metrics))
+            if message:
+                reporter.message(message)
+            if done % train.log_every_steps == 0 or done == train.total_steps:
+                means, img_per_sec = pending.flush(done, stop=train.nonfinite == "stop")
+                reporter.train(done, {**means, **speed.fields(img_per_sec)}, img_per_sec)
+            if train.eval_every_steps and done % train.eval_every_steps == 0:
+                if done < train.total_steps:
+                    reporter.eval(done, "eval", **evaluate_run(run, eval_step, state))
+            stop = stopping.stop_requested(run.manager, done, signals)
+            if done == train.total_steps or run.manager.should_save(done) or stop:
+                pending.check(stop=train.nonfinite == "stop")
+                if not bool(to_host(stopping.all_finite(state))):
+                    raise DivergedError(f"the state after step {done} is not finite; not saved.")
+                with saving(run):
+                    ckpt.save(run.manager, done, par.host_state(state), run.config_dict, force=True)
+            if stop:
+                with saving(run):
+                    run.manager.wait_until_finished()
+                return state, eval_step, time.perf_counter() - train_start, done
+    finally:
+        profiler.close()
     return state, eval_step, time.perf_counter() - train_start, 0
+
+
+@dataclasses.dataclass
+class Throughput:
+    """What the training log adds to img/s: MFU (model FLOPs of a step, `cost.train_flops`,
+    over the devices' peak, `cost.peak_flops`) and, once, the first step's compile time."""
+
+    flops_per_image: float
+    devices: int
+    peak: cost.Peak
+    compile_seconds: float | None = None
+
+    @classmethod
+    def of(cls, run: Run) -> Throughput:
+        # Simulated CPU devices share one processor: its measured peak is the whole machine's.
+        cpu = jax.devices()[0].platform == "cpu"
+        devices = jax.process_count() if cpu else jax.device_count()
+        return cls(cost.train_flops(run.settings.model, 1), devices, cost.peak_flops())
+
+    def describe(self) -> str:
+        return (
+            f"{self.flops_per_image / 1e9:,.2f} GFLOPs per training image; MFU against the "
+            f"{self.peak.source} ({self.peak.flops / 1e12:,.3f} TFLOP/s per device)"
+        )
+
+    def fields(self, img_per_sec: float | None) -> dict[str, float]:
+        """{"mfu"} (if img_per_sec is known) and, in the first record after the first step,
+        {"compile_seconds"}."""
+        fields = {}
+        if img_per_sec is not None:
+            fields["mfu"] = img_per_sec * self.flops_per_image / (self.devices * self.peak.flops)
+        if self.compile_seconds is not None:
+            fields["compile_seconds"], self.compile_seconds = self.compile_seconds, None
+        return fields
 
 
 def compile_steps(run: Run, state):

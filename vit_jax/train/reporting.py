@@ -1,8 +1,11 @@
 """What a run reports: a progress line, `metrics.jsonl`, TensorBoard events (no TensorFlow).
 
 metrics.jsonl has one JSON object per line:
-  train: {"step", "loss", "accuracy", "learning_rate", "grad_norm", "img_per_sec",
-          "nonfinite_steps"}
+  train: {"step", "loss", "accuracy", "learning_rate", "grad_norm", "nonfinite_steps",
+          "img_per_sec", "mfu" (model FLOPs utilisation, vit_jax/train/cost.py), "data_wait"
+          (share of the time spent waiting for batches)}; the first record after a (re)start
+          adds "compile_seconds" (the first step, compilation included, timed apart: img/s
+          starts after it, so a record of that step alone has no img_per_sec or mfu)
   eval:  {"step", "split", "accuracy", "loss", "num_examples"}
 A non-finite value is written as the string "nan", "inf" or "-inf" (bare NaN is not JSON).
 Only process 0 writes; every process may call the methods. A resumed run first drops the
@@ -81,9 +84,19 @@ class PendingMetrics:
         self._fetch, self._batch_size = fetch, batch_size
         self._metrics: list[dict] = []
         self._step, self._time = step, time.perf_counter()
+        self._waited = 0.0
 
     def add(self, metrics: dict) -> None:
         self._metrics.append(metrics)
+
+    def waited(self, seconds: float) -> None:
+        """Counts time the loop spent waiting for the next batch."""
+        self._waited += seconds
+
+    def restart_clock(self, step: int) -> None:
+        """Measures images per second (and data wait) from now and `step` on: after the first
+        step, whose time is compilation."""
+        self._step, self._time, self._waited = step, time.perf_counter(), 0.0
 
     def check(self, *, stop: bool) -> int:
         """The number of pending non-finite steps; with `stop`, raises DivergedError naming the
@@ -100,16 +113,33 @@ class PendingMetrics:
             )
         return finite.count(False)
 
-    def flush(self, step: int, *, stop: bool) -> tuple[dict[str, float], float]:
-        """(mean metrics of the pending steps with their non-finite count, images per second)
-        up to `step`; the pending list starts again."""
+    def flush(self, step: int, *, stop: bool) -> tuple[dict[str, float], float | None]:
+        """(mean metrics of the pending steps with their non-finite count and `data_wait`, the
+        fraction of the time spent waiting for batches; images per second) up to `step`; the
+        pending list starts again. Images per second is None when the clock restarted at
+        `step` (nothing to measure)."""
         nonfinite = self.check(stop=stop)
         keys = [k for k in self._metrics[0] if k != "finite"]
         means = {k: float(np.mean([self._fetch(m[k]) for m in self._metrics])) for k in keys}
         now = time.perf_counter()
-        img_per_sec = (step - self._step) * self._batch_size / (now - self._time)
-        self._metrics, self._step, self._time = [], step, now
-        return {**means, "nonfinite_steps": nonfinite}, img_per_sec
+        steps = step - self._step  # 0 when only the first step (its compilation) is pending
+        img_per_sec = steps * self._batch_size / (now - self._time) if steps else None
+        data_wait = self._waited / (now - self._time)
+        self._metrics, self._step, self._time, self._waited = [], step, now, 0.0
+        return {**means, "nonfinite_steps": nonfinite, "data_wait": data_wait}, img_per_sec
+
+
+def speed_text(record: dict) -> str:
+    """'1,950 img/s | MFU 0.31 | data 2%' from a train record's img_per_sec, mfu and data_wait
+    ('compiled' for a record of the first step alone)."""
+    if "img_per_sec" not in record:
+        return "compiled"
+    text = f"{record['img_per_sec']:,.0f} img/s"
+    if "mfu" in record:
+        text += f" | MFU {record['mfu']:.2f}"
+    if "data_wait" in record:
+        text += f" | data {100 * record['data_wait']:.0f}%"
+    return text
 
 
 class Reporter:
@@ -143,17 +173,15 @@ class Reporter:
         }
         self._tb.write(record["step"], scalars)
 
-    def train(self, step: int, metrics: dict[str, float], img_per_sec: float) -> None:
+    def train(self, step: int, metrics: dict[str, float], img_per_sec: float | None) -> None:
         """Logs the mean train metrics of the steps up to `step` (1-based count of steps done)."""
         if self._start_step is None:
             self._start_step, self._start = step, time.perf_counter()
         if not self.enabled:
             return
-        record = {
-            "step": step,
-            **{k: float(v) for k, v in metrics.items()},
-            "img_per_sec": img_per_sec,
-        }
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        if img_per_sec is not None:
+            record["img_per_sec"] = img_per_sec
         self._write(record, "train")
         done = step - self._start_step
         elapsed = time.perf_counter() - self._start
@@ -162,7 +190,7 @@ class Reporter:
         print(
             f"step {step:>6}/{self.total_steps} | loss {record['loss']:.4f} | "
             f"acc {record['accuracy']:.3f} | lr {record['learning_rate']:.2e} | "
-            f"{img_per_sec:,.0f} img/s | ETA {eta_text}",
+            f"{speed_text(record)} | ETA {eta_text}",
             flush=True,
         )
 

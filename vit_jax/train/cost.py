@@ -1,4 +1,25 @@
-"""How much memory a training run needs on each device, planned without running it.
+"""What a training step costs: its FLOPs, the peak rate to compare them with, and its memory.
+
+One home for the figures that the training log (img/s, MFU), `benchmarks/train_step.py` and
+`python -m vit_jax.tools.memory` report.
+
+**FLOPs** (`model_flops`, `train_flops`): computed analytically from the architecture, the
+convention of MFU (PaLM, Appendix B): the matrix products of the forward pass at 2 FLOPs per
+multiply-add (patch embedding, q/k/v/out projections, the two attention products, MLP, pooling
+head, head), and a training step = 3 x forward (the backward pass computes two products per
+forward product). Element-wise work (LayerNorm, softmax, GELU, position embeddings, the
+optimizer) and rematerialised recomputation are not counted: they are the implementation's
+cost, not the model's. `xla_flops` reads XLA's own count of a compiled step, which counts every
+operation, a `scan` or gradient-accumulation loop body ONCE (a scanned model reports about one
+layer's share) and per device under sharding: compare it with the analytic figure on the
+unrolled, unsharded step (the tests and the benchmark do).
+
+**Peak** (`peak_flops`): a device's published dense bf16 peak (TPUs, NVIDIA GPUs; the MFU
+convention), else, on CPUs and unknown devices, the float32 rate of a 2048 x 2048 matrix
+product measured on the spot (`measured_matmul_flops`). MFU = model FLOPs per second / peak.
+
+**Memory** (`plan_memory`): how much memory a training run needs on each device, planned
+without running it.
 
     plan = plan_memory(config, devices=64)   # a config as vit_jax.main takes it
 
@@ -27,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +67,134 @@ from vit_jax.train.step import make_train_step
 
 DEFAULT_NUM_CLASSES = 1000  # an unset model.num_classes (the dataset's at train time)
 CHANNELS = 3
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs
+
+
+def model_flops(model) -> dict[str, int]:
+    """Forward-pass FLOPs of ONE image through `model` (a VisionTransformer), matrix products
+    only, 2 per multiply-add, by part: {"patch_embed", "attention_projections",
+    "attention_products", "mlp", "pooling", "head", "forward"} (forward = their sum)."""
+    (h, w), (ph, pw) = model.grid, model.patch_size
+    d, m, layers = model.hidden_size, model.mlp_dim, model.num_layers
+    n = h * w + model.num_prefix_tokens
+    parts = {
+        "patch_embed": 2 * h * w * ph * pw * CHANNELS * d,
+        "attention_projections": layers * 2 * n * d * 4 * d,  # q, k, v, out
+        "attention_products": layers * 2 * 2 * n * n * d,  # q kᵀ, weights v
+        "mlp": layers * 2 * 2 * n * d * m,
+        "pooling": 0,
+        "head": 0,
+    }
+    if model.classifier == "map":  # one probe attending over n tokens, then an MLP
+        parts["pooling"] = 2 * d * d * 2 + 2 * n * d * d * 2 + 2 * 2 * n * d + 2 * 2 * d * m
+    rows = n if model.classifier == "unpooled" else 1
+    width = d
+    if model.representation_size is not None:
+        parts["head"] += 2 * rows * d * model.representation_size
+        width = model.representation_size
+    parts["head"] += 2 * rows * width * model.num_classes
+    parts["forward"] = sum(parts.values())
+    return parts
+
+
+def train_flops(model, batch_size: int) -> int:
+    """Model FLOPs of one training step on `batch_size` images: 3 x forward (the backward
+    pass computes the gradients of both operands of every product)."""
+    return 3 * model_flops(model)["forward"] * batch_size
+
+
+def xla_flops(compiled) -> float | None:
+    """XLA's FLOP count of a compiled function (`jax.jit(f).lower(...).compile()`), or None if
+    the backend gives none. Counts element-wise operations too; a loop body (scan, gradient
+    accumulation) once; per device under sharding."""
+    try:
+        analysis = compiled.cost_analysis()
+    except (NotImplementedError, RuntimeError):
+        return None
+    if isinstance(analysis, list | tuple):  # older releases: one dict per program
+        analysis = analysis[0] if analysis else None
+    if not analysis or "flops" not in analysis:
+        return None
+    return float(analysis["flops"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak FLOP rate
+
+# Dense bf16 peak per device in FLOP/s, from the vendors' data sheets, matched against
+# jax.Device.device_kind (the first entry contained in it, case-insensitively).
+PUBLISHED_PEAK_FLOPS = (
+    ("TPU v6 lite", 918e12),  # Trillium / v6e
+    ("TPU v5p", 459e12),
+    ("TPU v5 lite", 197e12),  # v5e
+    ("TPU v5", 459e12),
+    ("TPU v4", 275e12),
+    ("TPU v3", 123e12),
+    ("TPU v2", 45e12),
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
+    ("GH200", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("V100", 125e12),  # fp16 tensor cores
+)
+
+
+def published_peak_flops(device_kind: str) -> float | None:
+    """The dense bf16 peak of a device kind (e.g. "TPU v4", "NVIDIA H100 80GB HBM3"), or None."""
+    kind = device_kind.lower()
+    for name, flops in PUBLISHED_PEAK_FLOPS:
+        if name.lower() in kind:
+            return flops
+    return None
+
+
+def measured_matmul_flops(size: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
+    """FLOP/s of a [size, size] x [size, size] product on the default device (best of
+    `repeats` after a warm-up)."""
+    a = jnp.ones((size, size), dtype)
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+@dataclasses.dataclass(frozen=True)
+class Peak:
+    """A per-device peak FLOP rate and where it comes from ("published bf16 peak of TPU v4",
+    "measured float32 2048x2048 matmul")."""
+
+    flops: float
+    source: str
+
+
+def peak_flops(device: jax.Device | None = None) -> Peak:
+    """The peak that MFU divides by: the device's published bf16 peak if it is in
+    PUBLISHED_PEAK_FLOPS, else (CPUs, unknown accelerators) the measured float32 matmul rate."""
+    device = device or jax.devices()[0]
+    published = published_peak_flops(device.device_kind)
+    if published is not None and device.platform != "cpu":
+        return Peak(published, f"published bf16 peak of {device.device_kind}")
+    return Peak(measured_matmul_flops(), "measured float32 2048x2048 matmul")
+
+
+def mfu(flops_per_second_per_device: float, peak: Peak) -> float:
+    """Model FLOPs utilisation: achieved model FLOP/s of one device over its peak."""
+    return flops_per_second_per_device / peak.flops
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
 
 
 def leaf_nbytes(leaf) -> int:

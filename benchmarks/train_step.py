@@ -1,0 +1,450 @@
+"""Times the project's train step (the one `vit_jax.main` runs), against itself and timm.
+
+    python benchmarks/train_step.py                                  # ViT-S/16, 224, batch 32
+    python benchmarks/train_step.py --compare dtype=float32 dtype=bfloat16 --timm
+    python benchmarks/train_step.py --compare posemb=learned posemb=relative posemb=rope_axial
+    python benchmarks/train_step.py --model B/16 --batch 8 --compare scan=False scan=True \\
+        --set remat_policy=none
+    python benchmarks/train_step.py --model Ti/16 --sweep 64,128,192,256 \\
+        --compare posemb=learned posemb=relative posemb=rope_mixed   # step time vs tokens (PNG)
+
+Each contender is the base settings (--model, --image-size, --batch, --set) plus its own
+overrides (`--compare`, each a comma-separated list of FIELD=VALUE: a model field such as
+dtype, posemb, attention_impl, scan, remat_policy, or a training field such as parallel,
+grad_accum_steps, mesh.fsdp). Every contender is built, compiled and then timed in alternation
+(round r times contender 1, 2, ... in turn), so that a machine that slows down mid-run slows
+every contender alike: compare ratios from one run, not figures from two.
+
+Per contender: img/s and step time (median over rounds of the mean of --steps steps), model
+FLOPs per step (analytic, vit_jax.train.cost), MFU against the float32 2048x2048 matmul rate
+measured in the same run (and against the device's published bf16 peak on GPU/TPU), compile
+time, XLA's peak memory (temporaries + arguments of the compiled step), inference img/s
+(--inference) and XLA's own FLOP count of the unrolled, unsharded step (--xla-check). With
+--timm (the optional `timm` extra), timm's model of the same size, resolution, batch and
+precision (eager; torch.autocast to bf16 when dtype=bfloat16) is timed in the same rounds.
+
+Output: a table, JSON lines (--json, default benchmarks/results/train_step.jsonl), and with
+--sweep a PNG of step time against the number of tokens per contender.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from vit_jax.models import zoo
+from vit_jax.train import cost, optim, parallel
+from vit_jax.train.config import base_config, model_config
+from vit_jax.train.state import create_state, init_params
+from vit_jax.train.step import make_eval_step, make_train_step
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+TRAIN_FIELDS = ("parallel", "grad_accum_steps", "batch_size")
+TIMM_SIZES = {"Ti": "tiny", "S": "small", "B": "base", "L": "large", "H": "huge"}
+
+
+def parse_value(text: str):
+    """'3' -> 3, '0.5' -> 0.5, 'True' -> True, 'none' -> 'none', else the string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_overrides(spec: str) -> dict:
+    """'dtype=bfloat16,scan=True' -> {"dtype": "bfloat16", "scan": True}."""
+    overrides = {}
+    for item in filter(None, spec.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: {item!r} is not FIELD=VALUE")
+        overrides[key.strip()] = parse_value(value.strip())
+    return overrides
+
+
+def make_config(model: str, image_size: int, batch: int, overrides: dict):
+    """A training config (AdamW, 1000 classes) with `overrides` applied to the model, the
+    training fields or the mesh."""
+    config = base_config()
+    config.model = model_config(model, image_size, num_classes=1000)
+    config.batch_size = config.eval_batch_size = batch
+    config.total_steps = 1000
+    for key, value in overrides.items():
+        if key.startswith("mesh."):
+            config.mesh[key[5:]] = value
+        elif key in TRAIN_FIELDS:
+            config[key] = value
+        else:
+            config.model[key] = value
+    return config
+
+
+@dataclasses.dataclass
+class Contender:
+    """One thing to time: `step()` runs one training step and waits for it."""
+
+    name: str
+    step: Callable[[], None]
+    images_per_step: int
+    info: dict
+    infer: Callable[[], None] | None = None
+    times: list[float] = dataclasses.field(default_factory=list)
+    infer_times: list[float] = dataclasses.field(default_factory=list)
+
+
+def random_batch(batch: int, image_size: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype(np.float32),
+        "label": rng.integers(0, 1000, (batch,)).astype(np.int32),
+    }
+
+
+def ours(name: str, config, image_size: int, *, inference: bool, xla_check: bool) -> Contender:
+    """The project's train step for `config`, placed and compiled as the training loop does."""
+    planned = cost.check_config(config, jax.device_count())
+    model, train = planned.model, planned.train
+    tx, schedule = optim.make_optimizer(planned.optimizer, train.total_steps)
+    par = parallel.make(train.parallel, mesh=config.mesh, options=planned.sharding)
+    rng = jax.random.PRNGKey(0)
+    abstract = cost.abstract_train_state(model, tx)
+    shardings = par.state_shardings(abstract)
+    step_fn = make_train_step(
+        model, tx, schedule, grad_accum_steps=train.grad_accum_steps, axis_name=par.axis_name
+    )
+    train_step = par.compile_train(step_fn, shardings)
+    state = par.put_state(
+        jax.jit(lambda r: create_state(init_params(model, r, 3), tx, r), out_shardings=shardings)(
+            rng
+        )
+    )
+    batch = par.put_batch(random_batch(train.batch_size, image_size))
+    start = time.perf_counter()
+    compiled = train_step.lower(state, batch).compile()
+    compile_seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    holder = {"state": state}
+
+    def step():
+        holder["state"], metrics = compiled(holder["state"], batch)
+        jax.block_until_ready(metrics)
+
+    step()  # first call: warm caches
+    info = {
+        "model_flops_per_step": cost.train_flops(model, train.batch_size),
+        "compile_seconds": compile_seconds,
+        "peak_memory_bytes": (
+            None if memory is None else memory.temp_size_in_bytes + memory.argument_size_in_bytes
+        ),
+        "num_params": sum(x.size for x in jax.tree.leaves(abstract["params"])),
+        "tokens": model.grid[0] * model.grid[1] + model.num_prefix_tokens,
+        "dtype": str(config.model.dtype),
+    }
+    if xla_check:
+        info.update(xla_check_flops(model, tx, schedule, train.batch_size, image_size))
+    infer = None
+    if inference:
+        eval_step = par.compile_eval(make_eval_step(model, axis_name=par.axis_name))
+        eval_batch = par.put_batch(
+            {
+                **random_batch(train.batch_size, image_size),
+                "mask": np.ones(train.batch_size, np.float32),
+            }
+        )
+        infer = lambda: jax.block_until_ready(eval_step(holder["state"]["params"], eval_batch))
+        infer()
+    return Contender(name, step, train.batch_size, info, infer)
+
+
+def xla_check_flops(model, tx, schedule, batch: int, image_size: int) -> dict:
+    """XLA's FLOP count of the same step unrolled (scan=False, no accumulation loop) on one
+    device, next to the analytic count: {"xla_flops_per_step", "analytic_over_xla"}."""
+    unrolled = model.clone(scan=False)
+    step = make_train_step(unrolled, tx, schedule)
+    abstract = cost.abstract_train_state(unrolled, tx)
+    compiled = (
+        jax.jit(step).lower(abstract, cost.abstract_batch(batch, (image_size,) * 2)).compile()
+    )
+    flops = cost.xla_flops(compiled)
+    analytic = cost.train_flops(unrolled, batch)
+    return {
+        "xla_flops_per_step": flops,
+        "analytic_over_xla": None if not flops else analytic / flops,
+    }
+
+
+def timm_contender(
+    name: str, model: str, image_size: int, batch: int, dtype: str, *, inference: bool
+) -> Contender:
+    """timm's ViT of the same size in eager PyTorch with AdamW (bf16 autocast if asked), run in
+    a worker process (`timm_worker`) so that PyTorch's and XLA's thread pools never compete:
+    each process sleeps while the other is timed."""
+    import subprocess
+
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    spec = json.dumps([model, image_size, batch, dtype])
+    worker = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--timm-worker", spec],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    info = json.loads(worker.stdout.readline())
+
+    def ask(command: str) -> None:
+        worker.stdin.write(command + "\n")
+        worker.stdin.flush()
+        if worker.stdout.readline().strip() != "ok":
+            raise RuntimeError(f"the timm worker failed on {command!r}")
+
+    return Contender(
+        name,
+        lambda: ask("step"),
+        batch,
+        {"model_flops_per_step": None, **info},
+        (lambda: ask("infer")) if inference else None,
+    )
+
+
+def timm_worker(spec: str) -> int:
+    """The worker process of `timm_contender`: builds the model, then runs one train step or
+    forward pass per line read ("step" / "infer") and answers "ok"."""
+    import timm
+    import torch
+
+    model, image_size, batch, dtype = json.loads(spec)
+    torch.set_num_threads(os.cpu_count() or 1)
+    size, patch = model.split("/")
+    timm_name = f"vit_{TIMM_SIZES[size]}_patch{patch}_224"
+    net = timm.create_model(timm_name, img_size=image_size, num_classes=1000)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
+    data = random_batch(batch, image_size)
+    images = torch.from_numpy(data["image"]).permute(0, 3, 1, 2).contiguous()
+    labels = torch.from_numpy(data["label"]).long()
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+    def step():
+        net.train()
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(net(images), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def infer():
+        net.eval()
+        with torch.no_grad(), autocast():
+            net(images)
+
+    step()
+    infer()
+    info = {"timm_model": timm_name, "num_params": sum(p.numel() for p in net.parameters())}
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        {"step": step, "infer": infer}[line.strip()]()
+        print("ok", flush=True)
+    return 0
+
+
+def time_rounds(contenders: list[Contender], rounds: int, steps: int) -> list[float]:
+    """Alternates the contenders for `rounds` rounds of `steps` steps each; also measures the
+    float32 matmul peak once per round (returned, one per round)."""
+    peaks = []
+    for _ in range(rounds):
+        peaks.append(cost.measured_matmul_flops())
+        for c in contenders:
+            start = time.perf_counter()
+            for _ in range(steps):
+                c.step()
+            c.times.append((time.perf_counter() - start) / steps)
+            if c.infer is not None:
+                start = time.perf_counter()
+                for _ in range(steps):
+                    c.infer()
+                c.infer_times.append((time.perf_counter() - start) / steps)
+    return peaks
+
+
+def report(c: Contender, matmul_peak: float, published: float | None, base: Contender) -> dict:
+    """One JSON record of a timed contender."""
+    step_seconds = float(np.median(c.times))
+    record = {
+        "name": c.name,
+        "img_per_sec": c.images_per_step / step_seconds,
+        "step_seconds": step_seconds,
+        "step_seconds_min": float(np.min(c.times)),
+        "rounds": len(c.times),
+        "speed_vs_first": float(np.median(base.times)) / step_seconds,
+        **c.info,
+        "matmul_peak_flops": matmul_peak,
+    }
+    flops = c.info.get("model_flops_per_step")
+    per_device = None if flops is None else flops / step_seconds / jax.device_count()
+    record["mfu_vs_matmul_peak"] = None if per_device is None else per_device / matmul_peak
+    record["mfu_vs_published_peak"] = (
+        None if per_device is None or published is None else per_device / published
+    )
+    if c.infer_times:
+        record["inference_img_per_sec"] = c.images_per_step / float(np.median(c.infer_times))
+    return record
+
+
+def add_timm_ratios(records: list[dict], flops_per_step: int) -> None:
+    """timm runs the same architecture: gives its records the same model FLOPs (and MFU), and
+    each of ours `speed_vs_timm`, its speed over timm's at the same dtype."""
+    timm = {r["name"]: r for r in records if "timm_model" in r}
+    for r in records:
+        if "timm_model" in r:
+            r["model_flops_per_step"] = flops_per_step
+            r["mfu_vs_matmul_peak"] = (
+                flops_per_step / r["step_seconds"] / r["matmul_peak_flops"] / jax.device_count()
+            )
+        elif f"timm ({r['dtype']})" in timm:
+            r["speed_vs_timm"] = timm[f"timm ({r['dtype']})"]["step_seconds"] / r["step_seconds"]
+
+
+def format_table(records: list[dict]) -> str:
+    cols = [
+        ("name", "{}"),
+        ("img_per_sec", "{:.2f}"),
+        ("speed_vs_first", "{:.2f}x"),
+        ("speed_vs_timm", "{:.2f}x"),
+        ("step_seconds", "{:.3f}"),
+        ("mfu_vs_matmul_peak", "{:.2f}"),
+        ("compile_seconds", "{:.1f}"),
+        ("peak_memory_bytes", "{}"),
+        ("inference_img_per_sec", "{:.1f}"),
+        ("analytic_over_xla", "{:.3f}"),
+    ]
+    cols = [(k, f) for k, f in cols if any(r.get(k) is not None for r in records)]
+    cell = lambda r, k, f: (
+        "-"
+        if r.get(k) is None
+        else (f"{r[k] / 2**20:,.0f} MiB" if k == "peak_memory_bytes" else f.format(r[k]))
+    )
+    rows = [[k for k, _ in cols]] + [[cell(r, k, f) for k, f in cols] for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows
+    )
+
+
+def run(args, image_size: int) -> list[dict]:
+    """Builds, times and reports every contender at `image_size`."""
+    specs = args.compare or [""]
+    base = parse_overrides(args.set or "")
+    contenders = []
+    for spec in specs:
+        overrides = {**base, **parse_overrides(spec)}
+        name = spec or "vit_jax"
+        config = make_config(args.model, image_size, args.batch, overrides)
+        print(f"compiling {name} at {image_size} px ...", file=sys.stderr, flush=True)
+        contenders.append(
+            ours(name, config, image_size, inference=args.inference, xla_check=args.xla_check)
+        )
+        dtype = str(overrides.get("dtype", "float32"))
+        if args.timm and not any(c.name == f"timm ({dtype})" for c in contenders):
+            contenders.append(
+                timm_contender(
+                    f"timm ({dtype})",
+                    args.model,
+                    image_size,
+                    args.batch,
+                    dtype,
+                    inference=args.inference,
+                )
+            )
+    peaks = time_rounds(contenders, args.rounds, args.steps)
+    device = jax.devices()[0]
+    published = cost.published_peak_flops(device.device_kind) if device.platform != "cpu" else None
+    records = [report(c, max(peaks), published, contenders[0]) for c in contenders]
+    add_timm_ratios(records, contenders[0].info["model_flops_per_step"])
+    for r in records:
+        r.update(
+            image_size=image_size,
+            batch=args.batch,
+            model=args.model,
+            device=device.device_kind,
+            devices=jax.device_count(),
+            jax=jax.__version__,
+        )
+    return records
+
+
+def plot_sweep(records: list[dict], path: str) -> None:
+    """Step time against the number of tokens, one line per contender."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r["name"] for r in records):
+        rs = sorted((r for r in records if r["name"] == name), key=lambda r: r["tokens"])
+        ax.plot([r["tokens"] for r in rs], [r["step_seconds"] for r in rs], "o-", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens per image")
+    ax.set_ylabel("train step time (s)")
+    first = records[0]
+    ax.set_title(f"ViT-{first['model']}, batch {first['batch']}, {first['device']}")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="S/16", help="zoo variant, e.g. S/16, B/16, Ti/16")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32, help="global batch")
+    parser.add_argument("--set", default="", help="overrides for every contender: F=V,F=V")
+    parser.add_argument("--compare", nargs="*", help="one override list per contender")
+    parser.add_argument("--timm", action="store_true", help="time timm alongside (timm extra)")
+    parser.add_argument("--inference", action="store_true", help="also time the eval forward")
+    parser.add_argument("--xla-check", action="store_true", help="XLA's FLOPs of the step")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="steps per contender per round")
+    parser.add_argument("--sweep", default="", help="image sizes, e.g. 64,128,192,256")
+    parser.add_argument("--json", default=os.path.join(RESULTS, "train_step.jsonl"))
+    parser.add_argument("--plot", default=os.path.join(RESULTS, "train_step_tokens.png"))
+    parser.add_argument("--timm-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.timm_worker:
+        return timm_worker(args.timm_worker)
+    zoo.decode_variant(args.model)  # a clear error for an unknown variant, before compiling
+    sizes = [int(s) for s in args.sweep.split(",")] if args.sweep else [args.image_size]
+    records = []
+    for size in sizes:
+        try:
+            records += run(args, size)
+        except ValueError as e:  # a field or value the config checks refuse
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(format_table([r for r in records if r["image_size"] == size]), flush=True)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "a") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+    if args.sweep:
+        plot_sweep(records, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

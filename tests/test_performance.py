@@ -1,0 +1,244 @@
+"""The fast paths compute what the reference computes, mixed precision is what it says, the FLOP
+count matches XLA's, and the benchmark script runs (never a speed threshold: timings belong to
+benchmarks/train_step.py)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import SMALL, random_params
+from vit_jax import models
+from vit_jax.models.attention import resolve_impl
+from vit_jax.train import cost
+from vit_jax.train.step import make_train_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ("fused", "xla")
+
+
+def small_model(**overrides):
+    fields = {**SMALL, "image_size": 16, **overrides}
+    return models.create("Ti/4", num_classes=7, **fields)
+
+
+def images(n=3, size=16, seed=1):
+    return jax.random.uniform(jax.random.PRNGKey(seed), (n, size, size, 3), minval=-1, maxval=1)
+
+
+@pytest.mark.parametrize(
+    "posemb, classifier",
+    [
+        ("learned", "token"),
+        ("learned", "map"),
+        ("sincos2d+relative", "gap"),
+        ("rope_axial", "token"),
+        ("learned+rope_mixed", "token"),
+    ],
+)
+def test_fast_attention_gives_the_reference_logits_and_gradients(posemb, classifier):
+    reference = small_model(posemb=posemb, classifier=classifier, attention_impl="reference")
+    params = random_params(reference)
+    x = images()
+    loss = lambda model: jax.value_and_grad(lambda p: jnp.sum(model.apply({"params": p}, x) ** 2))(
+        params
+    )
+    want_logits = reference.apply({"params": params}, x)
+    want_loss, want_grads = loss(reference)
+    for impl in FAST:
+        model = reference.clone(attention_impl=impl)
+        np.testing.assert_allclose(model.apply({"params": params}, x), want_logits, atol=1e-5)
+        got_loss, got_grads = loss(model)
+        np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+        chex.assert_trees_all_close(got_grads, want_grads, atol=1e-4, rtol=1e-4)
+
+
+def test_every_implementation_declares_the_same_parameters_with_the_same_values():
+    inits = [
+        small_model(posemb="rope_mixed", attention_impl=impl).init(jax.random.PRNGKey(0), images())
+        for impl in ("reference", *FAST)
+    ]
+    for other in inits[1:]:
+        chex.assert_trees_all_equal(other, inits[0])
+
+
+def test_fused_attention_applies_the_same_attention_dropout_as_the_reference():
+    reference = small_model(attention_dropout_rate=0.3, attention_impl="reference")
+    params, x, rngs = random_params(reference), images(), {"dropout": jax.random.PRNGKey(3)}
+    want = reference.apply({"params": params}, x, train=True, rngs=rngs)
+    got = reference.clone(attention_impl="fused").apply(
+        {"params": params}, x, train=True, rngs=rngs
+    )
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # and the dropout is real: another key, other logits
+    other = reference.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(4)})
+    assert np.abs(np.asarray(other) - np.asarray(want)).max() > 1e-3
+
+
+def test_auto_picks_the_fused_path_off_gpu_and_without_library_dropout():
+    assert resolve_impl("auto", dropout=False, backend="cpu") == "fused"
+    assert resolve_impl("auto", dropout=False, backend="tpu") == "fused"
+    assert resolve_impl("auto", dropout=False, backend="gpu") == "library"
+    assert resolve_impl("auto", dropout=True, backend="gpu") == "fused"
+    with pytest.raises(ValueError, match="attention_impl='xla'.*no attention dropout"):
+        small_model(attention_impl="xla", attention_dropout_rate=0.1)
+
+
+def test_collecting_attention_maps_takes_the_reference_path_with_any_impl():
+    model = small_model(attention_impl="fused")
+    params = random_params(model)
+    maps = models.inspect(model, {"params": params}, images())["attention_weights"]
+    np.testing.assert_allclose(np.asarray(maps).sum(-1), 1.0, rtol=1e-5)
+
+
+def dot_dtypes(model, x):
+    """(input dtypes, output dtype) of every matrix product in the model's forward pass."""
+    params = random_params(model)
+    jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, x))(params)
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
+                found.append(
+                    (tuple(str(v.aval.dtype) for v in eqn.invars), str(eqn.outvars[0].aval.dtype))
+                )
+        for sub in jax.extend.core.subjaxprs(jaxpr):
+            walk(sub)
+
+    walk(jaxpr.jaxpr)
+    return found
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_bfloat16_products_take_bf16_inputs_and_accumulate_in_float32(impl):
+    x = images()
+    model = small_model(dtype="bfloat16", posemb="learned+relative", attention_impl=impl)
+    dots = dot_dtypes(model, x)
+    # patch embedding, q/k/v (fused or not), 2 attention products, out, 2 MLP, head
+    assert len(dots) >= 2 * 5 + 2
+    assert all(ins == ("bfloat16", "bfloat16") and out == "float32" for ins, out in dots), dots
+    params = random_params(model)
+    chex.assert_trees_all_equal_dtypes(
+        params, jax.tree.map(lambda p: p.astype(jnp.float32), params)
+    )
+    logits = model.apply({"params": params}, x)
+    assert logits.dtype == jnp.float32
+    want = model.clone(dtype="float32").apply({"params": params}, x)
+    np.testing.assert_allclose(logits, want, rtol=0.05, atol=0.05 * np.abs(want).max())
+
+
+def test_float32_products_stay_float32():
+    dots = dot_dtypes(small_model(), images())
+    assert all(ins == ("float32", "float32") and out == "float32" for ins, out in dots)
+
+
+def test_model_flops_of_published_sizes():
+    # ViT-B/16 at 224: 17.6 GMACs; ViT-S/16: 4.6 GMACs (2 FLOPs per multiply-add)
+    b16 = cost.model_flops(models.create("B/16", num_classes=1000, image_size=224))
+    s16 = cost.model_flops(models.create("S/16", num_classes=1000, image_size=224))
+    assert b16["forward"] == pytest.approx(2 * 17.58e9, rel=2e-3)
+    assert s16["forward"] == pytest.approx(2 * 4.60e9, rel=2e-3)
+    assert cost.train_flops(models.create("S/16", num_classes=1000, image_size=224), 32) == (
+        3 * 32 * s16["forward"]
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"classifier": "map", "representation_size": 48},
+        {"classifier": "gap", "posemb": "rope_mixed"},
+    ],
+)
+def test_analytic_flops_match_xla_on_the_unrolled_step(overrides):
+    import optax
+
+    model = models.create(
+        "Ti/8", num_classes=10, image_size=64, hidden_size=128, num_layers=2, num_heads=2,
+        mlp_dim=256, **overrides,
+    )  # fmt: skip
+    tx = optax.adamw(1e-3)
+    step = make_train_step(model, tx, lambda s: 1e-3)
+    abstract = cost.abstract_train_state(model, tx)
+    compiled = jax.jit(step).lower(abstract, cost.abstract_batch(4, (64, 64))).compile()
+    xla = cost.xla_flops(compiled)
+    analytic = cost.train_flops(model, 4)
+    # XLA also counts element-wise work (LayerNorm, softmax, GELU, AdamW): a few percent more.
+    assert 0.85 < analytic / xla <= 1.0, (analytic, xla)
+
+
+def test_published_peaks_and_mfu():
+    assert cost.published_peak_flops("TPU v4") == 275e12
+    assert cost.published_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert cost.published_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert cost.published_peak_flops("TPU v5 lite") == 197e12
+    assert cost.published_peak_flops("cpu") is None
+    assert cost.mfu(100e12, cost.Peak(400e12, "test")) == 0.25
+
+
+def test_compilation_cache_is_used_unless_the_environment_chose_one(tmp_path):
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        "from vit_jax.train.parallel import use_compilation_cache\n"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+        f"print(use_compilation_cache({str(tmp_path / 'cache')!r}))\n"
+        "jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(tmp_path / "cache")
+    written = sorted(os.listdir(tmp_path / "cache"))
+    assert written, "nothing was written to the cache"
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "chosen")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == str(tmp_path / "chosen")
+    assert os.listdir(tmp_path / "chosen")
+    assert sorted(os.listdir(tmp_path / "cache")) == written  # untouched by the second run
+
+
+def test_benchmark_script_times_contenders_and_plots_a_sweep(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable, "benchmarks/train_step.py", "--model", "Ti/8", "--batch", "2",
+            "--set", "num_layers=1,hidden_size=32,num_heads=2,mlp_dim=64",
+            "--compare", "attention_impl=reference", "attention_impl=fused",
+            "--sweep", "16,32", "--rounds", "1", "--steps", "1", "--inference", "--xla-check",
+            "--json", str(tmp_path / "r.jsonl"), "--plot", str(tmp_path / "sweep.png"),
+        ],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"},  # one device
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads(line) for line in open(tmp_path / "r.jsonl")]
+    assert [(r["name"], r["image_size"]) for r in records] == [
+        ("attention_impl=reference", 16), ("attention_impl=fused", 16),
+        ("attention_impl=reference", 32), ("attention_impl=fused", 32),
+    ]  # fmt: skip
+    model = models.create(
+        "Ti/8", num_classes=1000, image_size=32, num_layers=1, hidden_size=32, num_heads=2,
+        mlp_dim=64,
+    )  # fmt: skip
+    for r in records:
+        assert r["img_per_sec"] > 0 and r["compile_seconds"] > 0 and r["inference_img_per_sec"] > 0
+        assert 0 < r["mfu_vs_matmul_peak"] and r["peak_memory_bytes"] > 0
+        assert r["model_flops_per_step"] == cost.train_flops(
+            model.clone(image_size=(r["image_size"],) * 2), 2
+        )
+        assert 0.3 < r["analytic_over_xla"] <= 1.0  # D=32: element-wise work weighs more
+    assert records[2]["tokens"] == 17  # (32 / 8)^2 patches + the class token
+    assert os.path.getsize(tmp_path / "sweep.png") > 1000
+    assert "attention_impl=fused" in out.stdout  # the table
