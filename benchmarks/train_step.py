@@ -19,7 +19,8 @@ Per contender: img/s and step time (median over rounds of the mean of --steps st
 FLOPs per step (analytic, vit_jax.train.cost), MFU against the float32 2048x2048 matmul rate
 measured in the same run (and against the device's published bf16 peak on GPU/TPU), compile
 time, XLA's peak memory (temporaries + arguments of the compiled step), inference img/s
-(--inference) and XLA's own FLOP count of the unrolled, unsharded step (--xla-check). With
+(--inference), XLA's own FLOP count of the unrolled, unsharded step (--xla-check) and the
+img/s of the training loader at that size (--loader DATA_DIR, on the embedded digits). With
 --timm (the optional `timm` extra), timm's model of the same size, resolution, batch and
 precision (eager; torch.autocast to bf16 when dtype=bfloat16) is timed in the same rounds.
 
@@ -382,6 +383,25 @@ def run(args, image_size: int) -> list[dict]:
     return records
 
 
+def loader_img_per_sec(data_dir: str, image_size: int, batch: int, batches: int = 20) -> float:
+    """Images per second of the training loader (decode, inception crop, flip, resize to
+    `image_size`) on the embedded digits, built in `data_dir` if missing: what one process's
+    input pipeline can feed a step, with the data.* defaults."""
+    from vit_jax import data
+    from vit_jax.data.options import DataOptions
+
+    data.prepare_digits(data_dir)
+    dataset = data.open_dataset(DataOptions(name="sklearn_digits", data_dir=data_dir))
+    stream = iter(
+        data.train_loader(dataset, image_size=(image_size,) * 2, global_batch_size=batch, seed=0)
+    )
+    next(stream)  # worker start-up
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    return batches * batch / (time.perf_counter() - start)
+
+
 def plot_sweep(records: list[dict], path: str) -> None:
     """Step time against the number of tokens, one line per contender."""
     import matplotlib
@@ -421,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", default="", help="image sizes, e.g. 64,128,192,256")
     parser.add_argument("--json", default=os.path.join(RESULTS, "train_step.jsonl"))
     parser.add_argument("--plot", default=os.path.join(RESULTS, "train_step_tokens.png"))
+    parser.add_argument(
+        "--loader", metavar="DATA_DIR", help="also time the digits training loader at the size"
+    )
     parser.add_argument("--timm-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.timm_worker:
@@ -434,6 +457,12 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:  # a field or value the config checks refuse
             print(f"error: {e}", file=sys.stderr)
             return 2
+        if args.loader:
+            rate = loader_img_per_sec(args.loader, size, args.batch)
+            for r in records:
+                if r["image_size"] == size:
+                    r["loader_img_per_sec"] = rate
+            print(f"loader: {rate:,.0f} img/s at {size} px", flush=True)
         print(format_table([r for r in records if r["image_size"] == size]), flush=True)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

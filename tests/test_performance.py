@@ -210,13 +210,14 @@ def test_compilation_cache_is_used_unless_the_environment_chose_one(tmp_path):
     assert sorted(os.listdir(tmp_path / "cache")) == written  # untouched by the second run
 
 
-def test_benchmark_script_times_contenders_and_plots_a_sweep(tmp_path):
+def test_benchmark_script_times_contenders_and_plots_a_sweep(tmp_path, digits_dir):
     out = subprocess.run(
         [
             sys.executable, "benchmarks/train_step.py", "--model", "Ti/8", "--batch", "2",
             "--set", "num_layers=1,hidden_size=32,num_heads=2,mlp_dim=64",
             "--compare", "attention_impl=reference", "attention_impl=fused",
             "--sweep", "16,32", "--rounds", "1", "--steps", "1", "--inference", "--xla-check",
+            "--loader", digits_dir,
             "--json", str(tmp_path / "r.jsonl"), "--plot", str(tmp_path / "sweep.png"),
         ],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
@@ -235,6 +236,7 @@ def test_benchmark_script_times_contenders_and_plots_a_sweep(tmp_path):
     for r in records:
         assert r["img_per_sec"] > 0 and r["compile_seconds"] > 0 and r["inference_img_per_sec"] > 0
         assert 0 < r["mfu_vs_matmul_peak"] and r["peak_memory_bytes"] > 0
+        assert r["loader_img_per_sec"] > 0
         assert r["model_flops_per_step"] == cost.train_flops(
             model.clone(image_size=(r["image_size"],) * 2), 2
         )
