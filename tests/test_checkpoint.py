@@ -510,7 +510,7 @@ def test_inspect_and_convert_tools(tmp_path, capsys):
     assert convert_tool.main([str(tmp_path / "x.npz"), str(tmp_path / "back")]) == 0
     assert_trees_equal(checkpoint.load_params(tmp_path / "back")[0], params)
 
-    assert inspect_tool.main([str(tmp_path / "missing")]) == 1
+    assert inspect_tool.main([str(tmp_path / "missing")]) == 2
     assert "error: checkpoint" in capsys.readouterr().err
 
 

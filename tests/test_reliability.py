@@ -309,10 +309,8 @@ def test_a_checkpoint_save_that_hangs_ends_the_run_instead_of_hanging(digits_dir
         "import sys, time\n"
         "import vit_jax.checkpoint.manager as m\n"
         "m.save = lambda *a, **k: time.sleep(600)  # a save that never returns\n"
-        "from absl import app\n"
         "from vit_jax.main import main\n"
-        "sys.argv = ['vit_jax.main'] + sys.argv[1:]\n"
-        "app.run(main)\n"
+        "main(['vit_jax.main', *sys.argv[1:]])\n"
     )
     began = time.monotonic()
     result = subprocess.run(
