@@ -44,6 +44,14 @@ def test_a_config_that_does_not_exist_names_the_packaged_ones(spec, message):
         command_line.load(spec)
 
 
+def test_a_file_that_is_no_config_is_refused(tmp_path):
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    with pytest.raises(ValueError, match="empty.py has no get_config"):
+        command_line.load(str(tmp_path / "empty.py"))
+    with pytest.raises(ValueError, match="README.md is not a .py file with a get_config"):
+        command_line.load(os.path.join(cli.ROOT, "README.md"))
+
+
 def test_overrides_are_read_as_their_fields_type():
     config = command_line.load(
         "digits",

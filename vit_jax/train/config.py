@@ -284,7 +284,9 @@ def parse_arg(arg: str | None, **defaults) -> dict:
 def config_from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """`get_config(arg)` of the config file at `path` (a configs/*.py file, or any file that
     defines get_config)."""
-    name = os.path.splitext(os.path.basename(path))[0]
+    name, suffix = os.path.splitext(os.path.basename(path))
+    if suffix != ".py":
+        raise ValueError(f"config file {path} is not a .py file with a get_config(arg=None).")
     spec = importlib.util.spec_from_file_location(f"vit_jax_config_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
