@@ -4,7 +4,7 @@ Reproduces the common "ViT on CIFAR-10 without pre-training" setting: small patc
 regularization (random resized crops, flips, mixup, label smoothing, stochastic depth, weight
 decay 0.05). Published from-scratch ViTs of this size reach roughly 90-93% with RandAugment;
 this recipe (no RandAugment) should land near 88-91%. Not measured here: it needs the dataset
-(`tfds build cifar10 --file_format=array_record`, ~160 MB) and an accelerator (~1.5 h on one
+(prepared once with TensorFlow, ~160 MB: README "Install") and an accelerator (~1.5 h on one
 A100-class GPU, ~15 min on a v4-8 TPU).
 
     python -m vit_jax.main --config=configs/cifar10.py --workdir=...

@@ -7,8 +7,8 @@ The paper reports 77.9% top-1 for ViT-B/16 trained on ImageNet-1k alone (after f
 at 384); expect about 74-76% at 224 straight out of this run. Regularized recipes ("How to
 train your ViT", AugReg) do better; add mixup here with --config.mixup_alpha=0.2.
 
-Needs the prepared dataset (`tfds build imagenet2012 --manual_dir=... --file_format=array_record`)
-and a TPU pod or GPU cluster: ~95k steps; about 1 day on a v3-128.
+Needs the prepared dataset (the archives in <data_dir>/downloads/manual, then prepared once with
+TensorFlow: README "Install") and a TPU pod or GPU cluster: ~95k steps; about 1 day on a v3-128.
 
     python -m vit_jax.main --config=configs/imagenet2012.py --workdir=/mnt/runs/vit_b16 \\
         --distributed   # every host: a shared (NFS / gcsfuse) workdir

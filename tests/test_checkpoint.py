@@ -7,6 +7,7 @@ would hide mistakes); shapes come from jax.eval_shape so that little is compiled
 import json
 import zipfile
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,8 +47,7 @@ def logits(model, params, seed=0):
 
 
 def assert_trees_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    jax.tree.map(np.testing.assert_array_equal, a, b)
+    chex.assert_trees_all_equal(a, b)  # the same structure, leaves exactly equal
 
 
 def normal(shape, seed=0):
@@ -510,7 +510,7 @@ def test_inspect_and_convert_tools(tmp_path, capsys):
     assert convert_tool.main([str(tmp_path / "x.npz"), str(tmp_path / "back")]) == 0
     assert_trees_equal(checkpoint.load_params(tmp_path / "back")[0], params)
 
-    assert inspect_tool.main([str(tmp_path / "missing")]) == 1
+    assert inspect_tool.main([str(tmp_path / "missing")]) == 2
     assert "error: checkpoint" in capsys.readouterr().err
 
 

@@ -342,7 +342,8 @@ def test_folder_errors(tmp_path):
 def test_unprepared_and_unknown_tfds_datasets(tmp_path):
     with pytest.raises(data.DatasetNotPreparedError) as error:
         open_digits(str(tmp_path), name="mnist")
-    assert f"tfds build mnist --data_dir={tmp_path} --file_format=array_record" in str(error.value)
+    prepare = f"tfds.builder('mnist', data_dir='{tmp_path}', file_format='array_record')"
+    assert prepare + ".download_and_prepare()" in str(error.value)
     with pytest.raises(ValueError, match="Unknown tfds dataset"):
         open_digits(str(tmp_path), name="no_such_dataset")
 

@@ -128,8 +128,8 @@ def test_cli_prints_a_table_and_refuses_user_errors_in_one_line(capsys):
         ["--devices=8", "--config.batch_size=12", "--no-compile"],  # nor does 8 divide 12
         ["--config.optimizer.nmae=sgd", "--no-compile"],
     ):
-        assert memory_tool.main([config, *bad]) == 1
+        assert memory_tool.main([config, *bad]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
-    assert memory_tool.main(["--no-compile"]) == 1
+    assert memory_tool.main(["--no-compile"]) == 2
     assert capsys.readouterr().err.startswith("error: --config")

@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -208,7 +209,7 @@ def test_scanned_and_per_block_models_agree(name):
         loop.apply(params, x), scanned.apply({"params": stacked}, x), atol=1e-5, rtol=1e-5
     )
     back = models.unscan_params(stacked)
-    jax.tree.map(np.testing.assert_array_equal, back, params["params"])
+    chex.assert_trees_all_equal(back, params["params"])
 
 
 def test_bfloat16_compute_stays_close_to_float32():
@@ -269,7 +270,7 @@ def test_every_variant_jit_compiles_and_differentiates(index):
     (value, out), grads = jax.value_and_grad(loss, has_aux=True)(params, images((2, *size, 3)))
     grid = size[0] // 4 * (size[1] // 8)
     assert out.shape == ((2, 5) if classifier != "unpooled" else (2, grid, 5))
-    assert np.isfinite(value) and all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    chex.assert_tree_all_finite((value, grads))
 
 
 @pytest.mark.parametrize(

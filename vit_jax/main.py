@@ -1,8 +1,11 @@
-"""Command line: train and evaluate a ViT from a config file.
+"""Command line: train and evaluate a ViT from a config (`vit-train`, or python -m vit_jax.main).
 
-    python -m vit_jax.main --config=configs/digits.py --workdir=/tmp/digits
-    python -m vit_jax.main --config=configs/cifar10.py:variant=S/16 --workdir=... \\
+    vit-train --config=digits --workdir=/tmp/digits
+    vit-train --config=configs/cifar10.py:variant=S/16 --workdir=... \\
         --config.model.posemb=rope_axial --config.batch_size=256
+
+--config is a packaged config's name or a config file's path; --config.FIELD=VALUE sets any
+field (vit_jax/train/command_line.py).
 
 Exit statuses (vit_jax/train/stopping.py): 0 completed, 1 fault, 2 user error, 3 diverged
 (non-finite loss), 4 the workdir cannot be written (disk full, permissions), 75 preempted
@@ -17,10 +20,12 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/*.py[:arg]).", lock_config=True
+flags.DEFINE_string(
+    "config",
+    None,
+    "The config: a packaged config's name (e.g. digits) or a config file's path, with an "
+    "optional :ARG for its get_config(ARG). Any field: --config.FIELD=VALUE.",
 )
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the config are written.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
@@ -40,24 +45,50 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(argv: list[str] | None = None) -> None:
+    """`vit-train`: reads the command line (`argv`, default sys.argv), trains, and exits with
+    the run's status."""
+    app.run(train, argv=argv, flags_parser=parse_flags)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parses the flags of `argv` other than the --config.FIELD=VALUE overrides; returns
+    [program, *overrides] (FIELD, VALUE pairs) for `train`. A mistake ends the process with one
+    `error: ...` line and the user-error status."""
+    from vit_jax.train.command_line import split_overrides
+    from vit_jax.train.stopping import user_error
+
+    try:
+        rest, overrides = split_overrides(argv)
+        unexpected = FLAGS(rest)[1:]
+        if unexpected:
+            raise ValueError(f"unexpected arguments: {unexpected}")
+    except (flags.Error, ValueError) as e:
+        sys.exit(user_error(e))
+    return [argv[0], *overrides]
+
+
+def train(argv: list[str]) -> None:
+    """Trains the config of --config with the overrides in argv[1:] (from `parse_flags`)."""
     from absl import logging
+
+    from vit_jax.train import command_line, stopping
 
     if not FLAGS["verbosity"].present:  # Orbax and tfds are chatty at INFO; -v 0 shows it
         logging.set_verbosity(logging.WARNING)
+    try:
+        config = command_line.load(FLAGS.config, argv[1:])
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(stopping.user_error(e))
 
     if FLAGS.distributed or FLAGS.coordinator:
         join_processes()
-    from vit_jax.train import stopping
     from vit_jax.train.loop import train_and_evaluate
 
     try:
-        summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        summary = train_and_evaluate(config, FLAGS.workdir)
     except (ValueError, FileNotFoundError) as e:  # user-caused: one clear message, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(stopping.USER_ERROR)
+        sys.exit(stopping.user_error(e))
     except stopping.DivergedError as e:
         print(f"error: training diverged: {e}", file=sys.stderr)
         sys.exit(stopping.DIVERGED)
@@ -114,4 +145,4 @@ def wait_for_coordinator(address: str, timeout: float) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -11,14 +11,17 @@ are declared with `option`:
 
 From that one declaration come the config's defaults (`to_config`), the checks of a config
 section (`read`, `check`: one `ValueError` per mistake, naming the field, the value and what
-would work) and the help text (`Option.help`). The two error helpers, `unknown_choice` and
-`out_of_range`, are the only places that word those messages.
+would work) and the help text (`Option.help`). The error helpers `unknown_choice`,
+`out_of_range` and `unknown_field` are the only places that word those messages; `from_text`
+reads a value written on the command line as its field's type.
 
 This module knows no field of its own; it imports nothing from the rest of the package.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import dataclasses
 import difflib
 import math
@@ -119,7 +122,7 @@ def options_of(cls: type) -> tuple[Option, ...]:
 def unknown_choice(field: str, value: Any, choices) -> ValueError:
     """The error for a value that is not one of `choices` (with a did-you-mean)."""
     choices = tuple(choices)
-    hint = _did_you_mean(value, choices)
+    hint = did_you_mean(value, choices)
     return ValueError(f"{field}={value!r} is unknown{hint}; use one of {choices}.")
 
 
@@ -131,7 +134,7 @@ def out_of_range(field: str, value: Any, allowed: str) -> ValueError:
 def unknown_field(field: str, valid) -> ValueError:
     """The error for a config field that does not exist (with a did-you-mean)."""
     prefix, _, name = field.rpartition(".")
-    hint = _did_you_mean(name, tuple(valid))
+    hint = did_you_mean(name, tuple(valid))
     where = f" in {prefix}" if prefix else ""
     return ValueError(
         f"{field} is not a field{where}{hint}. Valid fields: {', '.join(sorted(valid))}."
@@ -185,6 +188,41 @@ def to_config(cls: type, **overrides) -> ml_collections.ConfigDict:
     return cfg
 
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+_EXAMPLES = {bool: "true or false", int: "e.g. 8", float: "e.g. 0.1", tuple: "e.g. (224, 160)"}
+
+
+def from_text(field: str, text: str, kind: type | None) -> Any:
+    """A value written on the command line, read as `kind` (the field's type): bool from
+    true/false/1/0/yes/no (any case), int, float, tuple from a Python literal ("(224, 160)"; an
+    int n means (n, n)), str as is; `kind` None: a Python literal if `text` is one, else the
+    text. "None" is None for every kind (the checks then say whether the field may be unset).
+    Raises ValueError naming the field, the text and the type it must have."""
+    if text == "None":
+        return None
+    if kind is str:
+        return text
+    if kind is bool and text.lower() in _BOOLEANS:
+        return _BOOLEANS[text.lower()]
+    if kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(text)
+    if kind in (tuple, None):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text if kind is None else None
+        if kind is None:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (value, value)
+        if isinstance(value, tuple | list):
+            return tuple(value)
+    name = getattr(kind, "__name__", str(kind))
+    hint = _EXAMPLES.get(kind, "see the field's help")
+    raise ValueError(f"{field}={text!r} is not of type {name} ({hint}).")
+
+
 def _type_of(default: Any) -> type | None:
     return type(default) if isinstance(default, bool | int | float | str) else None
 
@@ -215,7 +253,8 @@ def _range_words(allowed: str) -> str:
     return f"in {allowed}" if allowed[:1] in "([" else allowed
 
 
-def _did_you_mean(value: Any, choices: tuple) -> str:
+def did_you_mean(value: Any, choices: tuple) -> str:
+    """The hint ` (did you mean 'x'?)` for the choice closest to `value`; "" if none is close."""
     if not isinstance(value, str):
         return ""
     close = difflib.get_close_matches(value, [str(c) for c in choices], n=1)

@@ -97,9 +97,10 @@ def _not_prepared(opts: DataOptions) -> DatasetNotPreparedError:
     data_dir = opts.data_dir or tfds.core.constants.DATA_DIR
     return DatasetNotPreparedError(
         f"tfds dataset {opts.name!r} is not prepared as array_record files in {data_dir}. "
-        "Prepare it once (needs TensorFlow and the network, or the manually downloaded "
-        "archives in <data_dir>/downloads/manual):\n"
-        f"  tfds build {opts.name} --data_dir={data_dir} --file_format=array_record"
+        "Prepare it once, with TensorFlow (pip install tensorflow-cpu) and the network, or "
+        f"the archives downloaded by hand in {data_dir}/downloads/manual:\n"
+        f'  python -c "import tensorflow_datasets as tfds; tfds.builder({opts.name!r}, '
+        f"data_dir={str(data_dir)!r}, file_format='array_record').download_and_prepare()\""
     )
 
 

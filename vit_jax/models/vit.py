@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -310,6 +311,8 @@ class VisionTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+        chex.assert_rank(images, 4)  # [B, H, W, C], checked when traced
+        chex.assert_type(images, float)  # in [-1, 1]: not uint8 pixels
         if tuple(images.shape[1:3]) != tuple(self.image_size):
             raise ValueError(
                 f"images of size {tuple(images.shape[1:3])} given to a model built for "

@@ -1,19 +1,21 @@
-"""Command-line tools: `python -m vit_jax.tools.inspect PATH`, `python -m vit_jax.tools.convert
-SRC DST`, `python -m vit_jax.tools.memory --config=FILE` (bytes per device of a run).
-Each has a `main(argv)` that tests call in-process."""
+"""Command-line tools, each also a script of the package: `vit-inspect PATH`
+(`python -m vit_jax.tools.inspect`), `vit-convert SRC DST` (`python -m vit_jax.tools.convert`),
+`vit-memory --config=NAME_OR_FILE` (`python -m vit_jax.tools.memory`: bytes per device of a run).
+Each has a `main(argv=None)` that returns the exit status (tests call it in-process)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
+
+from vit_jax.train.stopping import user_error
 
 
 def run(action: Callable[[], str]) -> int:
-    """Prints what `action` returns and gives exit code 0; an error a user can cause (a missing
-    or unreadable checkpoint) is printed as one line `error: ...` on stderr with exit code 1."""
+    """Prints what `action` returns and gives exit status 0; an error a user can cause (a missing
+    or unreadable checkpoint, a config that cannot work) is one line `error: ...` on stderr with
+    the user-error status, 2 (as for vit-train; argparse's usage errors exit with 2 too)."""
     try:
         print(action())
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return user_error(e)
     return 0

@@ -1,9 +1,9 @@
-"""Memory per device of a training config: `python -m vit_jax.tools.memory --config=FILE[:arg]`.
+"""Memory per device of a training config: `vit-memory --config=NAME_OR_FILE[:arg]`.
 
-    python -m vit_jax.tools.memory --config=configs/imagenet2012.py:variant=H/14 \\
+    vit-memory --config=imagenet2012:variant=H/14 \\
         --devices=64 --config.mesh.fsdp=64 --config.mesh.data=1 [--json] [--no-compile]
 
-The config is built as `vit_jax.main` builds it (any --config.FIELD=VALUE applies); no dataset
+The config is read as `vit-train` reads it (any --config.FIELD=VALUE applies); no dataset
 is opened (an unset model.num_classes is taken as 1000). --devices (default: this machine's
 device count) is the size of the planned mesh, so a 64-device FSDP run can be planned on a
 laptop. Prints parameters, optimizer state and gradients in bytes per device (exact, from the
@@ -18,22 +18,20 @@ import json
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 
 from vit_jax.tools import run
+from vit_jax.train.stopping import user_error
 
 
-def make_flags(argv: list[str]) -> flags.FlagValues:
-    """A fresh set of this tool's flags for the command line `argv` (config_flags defines the
-    --config.FIELD overrides it finds there), so that main can be called more than once."""
+def make_flags() -> flags.FlagValues:
+    """A fresh set of this tool's flags (the --config.FIELD=VALUE overrides are read apart, by
+    vit_jax/train/command_line.py), so that main can be called more than once."""
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file(
+    flags.DEFINE_string(
         "config",
         None,
-        "Config file (configs/*.py[:arg]).",
+        "The config: a packaged config's name (e.g. digits) or a config file's path[:ARG].",
         flag_values=fv,
-        lock_config=True,
-        sys_argv=argv,
     )
     flags.DEFINE_integer(
         "devices", None, "Devices of the planned mesh (default: this machine's).", flag_values=fv
@@ -46,25 +44,24 @@ def make_flags(argv: list[str]) -> flags.FlagValues:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = ["vit_jax.tools.memory", *(sys.argv[1:] if argv is None else argv)]
+    """`vit-memory`: prints the memory plan of a config; returns the exit status."""
+    from vit_jax.train import command_line, cost
+
+    argv = ["vit-memory", *(sys.argv[1:] if argv is None else argv)]
     try:
-        fv = make_flags(argv)
-        rest = fv(argv)
-        if len(rest) > 1:
-            raise ValueError(f"unexpected arguments: {rest[1:]}")
+        rest, overrides = command_line.split_overrides(argv)
+        fv = make_flags()
+        unexpected = fv(rest)[1:]
+        if unexpected:
+            raise ValueError(f"unexpected arguments: {unexpected}")
         if fv["config"].value is None:
-            raise ValueError("--config=FILE[:arg] is required, e.g. --config=configs/digits.py.")
+            raise ValueError("--config=NAME_OR_FILE[:ARG] is required, e.g. --config=digits.")
+        config = command_line.load(fv.config, overrides)
     except (flags.Error, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (AttributeError, KeyError) as e:  # config_flags: an override of an unknown field
-        text = str(e).replace("\\n", " ").strip("'\"").replace("\\'", "'")
-        print(f"error: --config override of an unknown field: {text}", file=sys.stderr)
-        return 1
-    from vit_jax.train import cost
+        return user_error(e)
 
     def action() -> str:
-        plan = cost.plan_memory(fv.config, fv.devices, compile_step=not fv["no-compile"].value)
+        plan = cost.plan_memory(config, fv.devices, compile_step=not fv["no-compile"].value)
         return json.dumps(plan) if fv.json else cost.format_plan(plan)
 
     return run(action)

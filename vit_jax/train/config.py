@@ -33,9 +33,10 @@ from ml_collections import config_dict
 from vit_jax import models
 from vit_jax.data.options import DataOptions, data_options
 from vit_jax.data.pipeline import DatasetInfo
+from vit_jax.models import zoo
 from vit_jax.models.resize import RESIZE_METHODS
 from vit_jax.models.vit import VisionTransformer, as_pair
-from vit_jax.options import check, option, read, to_config
+from vit_jax.options import check, from_text, option, read, to_config
 from vit_jax.train import parallel, sharding
 from vit_jax.train.optim import OptimizerOptions
 from vit_jax.train.sharding import MeshOptions, ShardingOptions
@@ -49,17 +50,36 @@ def model_config(
 ) -> ml_collections.ConfigDict:
     """Every VisionTransformer field at its declared default (vit_jax/models/vit.py), so each
     one can be set from the CLI. The sizes are None (the variant's) unless set; num_classes is
-    None (the dataset's) unless set; the patch comes from the variant string."""
+    None (the dataset's) unless set; the patch comes from the variant string. timm's names are
+    read as ours (`timm_to_ours`): a timm model name sets the variant and the image size."""
+    fields = timm_to_ours({"image_size": image_size, "variant": variant, **overrides})
     cfg = to_config(VisionTransformer)  # required fields (sizes, patch, image) are left out
-    cfg.variant = variant
+    cfg.variant = fields.pop("variant")
     cfg.num_classes = config_dict.placeholder(int)
     # A pair, so that --config.model.image_size="(224, 160)" works for non-square images.
-    cfg.image_size = as_pair(image_size, "image_size")
+    cfg.image_size = as_pair(fields.pop("image_size"), "image_size")
     for name in _SIZE_FIELDS:
         cfg[name] = config_dict.placeholder(int)
-    for key, value in overrides.items():
+    for key, value in fields.items():
         cfg[key] = value
     return cfg
+
+
+def timm_to_ours(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Model fields with timm's names replaced by ours (vit_jax/models/zoo.py), in order: a
+    field by its name here (drop_path_rate=0.1 -> stochastic_depth=0.1), a timm model name in
+    `variant` by the variant and its image size ("vit_base_patch16_224" -> variant="B/16",
+    image_size=(224, 224)). Later fields win, as on a command line."""
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        key = zoo.TIMM_FIELDS.get(key, key)
+        timm = zoo.from_timm(value) if key == "variant" and isinstance(value, str) else None
+        if timm is None:
+            out[key] = value
+        else:
+            out.pop("image_size", None)  # keep the order: the name's size comes after it
+            out["variant"], out["image_size"] = timm[0], (timm[1], timm[1])
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +278,9 @@ def _build_model(model_cfg: Mapping[str, Any]) -> VisionTransformer:
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:
-    """'variant=S/16,posemb=rope_axial' -> {'variant': 'S/16', 'posemb': 'rope_axial'}."""
+    """'variant=S/16,posemb=rope_axial' -> {'variant': 'S/16', 'posemb': 'rope_axial'}: the
+    `arg` of a config file (--config=FILE:ARG). Each value is read as the type of its default
+    ('scan=False' is False for a bool default; a None default takes the text)."""
     values = dict(defaults)
     for item in filter(None, (arg or "").split(",")):
         key, sep, value = item.partition("=")
@@ -266,15 +288,28 @@ def parse_arg(arg: str | None, **defaults) -> dict:
             raise ValueError(
                 f"config argument {item!r} is not KEY=VALUE with KEY in {sorted(defaults)}."
             )
-        values[key] = type(defaults[key])(value) if defaults[key] is not None else value
+        kind = str if defaults[key] is None else type(defaults[key])
+        values[key] = from_text(f"config argument {key}", value, kind)
     return values
+
+
+def config_from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of the config file at `path` (a configs/*.py file, or any file that
+    defines get_config)."""
+    name, suffix = os.path.splitext(os.path.basename(path))
+    if suffix != ".py":
+        raise ValueError(f"config file {path} is not a .py file with a get_config(arg=None).")
+    spec = importlib.util.spec_from_file_location(f"vit_jax_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise ValueError(f"config file {path} has no get_config(arg=None) function.")
+    return module.get_config(arg)
 
 
 def sibling_config(config_file: str, name: str, arg: str | None = None):
     """`get_config(arg)` of configs/<name>.py next to `config_file`, so that one experiment can
     build on another wherever the command is run from."""
-    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"vit_jax_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return config_from_file(
+        os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py"), arg
+    )

@@ -14,12 +14,15 @@ import sys
 
 import jax
 
-PACKAGES = ("vit_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
+import vit_jax
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
 
 
 def versions() -> dict[str, str | None]:
-    """The installed version of each of PACKAGES (None if absent)."""
-    found = {}
+    """The version of the running vit_jax and the installed version of each of PACKAGES (None
+    if absent)."""
+    found = {"vit_jax": vit_jax.__version__}
     for name in PACKAGES:
         try:
             found[name] = importlib.metadata.version(name)

@@ -10,10 +10,18 @@ Batches: {"image": float32 [B, H, W, C] in [-1, 1], "label": int32 [B]} (+ "mask
 
 from __future__ import annotations
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+
+
+def check_batch(batch: dict) -> None:
+    """Checks a batch's shapes when the step is traced (free at run time): "image" [B, H, W, C],
+    and "label" and any "mask" [B]."""
+    chex.assert_rank(batch["image"], 4)
+    chex.assert_shape([v for k, v in batch.items() if k != "image"], batch["image"].shape[:1])
 
 
 def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float) -> jax.Array:
@@ -100,6 +108,7 @@ def make_train_step(
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
+        check_batch(batch)
         rng = jax.random.fold_in(state["rng"], state["step"])
         if axis_name is not None:  # different dropout masks on each device's shard
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
@@ -131,6 +140,7 @@ def make_eval_step(model: nn.Module, *, axis_name: str | None = None):
     {"correct", "loss", "count"}; padding rows count for nothing."""
 
     def eval_step(params: dict, batch: dict) -> dict:
+        check_batch(batch)
         logits = model.apply({"params": params}, batch["image"])
         mask = batch["mask"]
         labels = jax.nn.one_hot(batch["label"], model.num_classes)
@@ -149,6 +159,7 @@ def make_eval_step(model: nn.Module, *, axis_name: str | None = None):
 __all__ = [
     "accumulated_grads",
     "apply_if",
+    "check_batch",
     "make_eval_step",
     "make_train_step",
     "mixup",

@@ -35,6 +35,13 @@ COMPLETED, FAULT, USER_ERROR, DIVERGED, IO_ERROR, PREEMPTED = 0, 1, 2, 3, 4, 75
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def user_error(error: Exception) -> int:
+    """Prints `error: ...` (the message says what to fix; no traceback) on one line to stderr;
+    returns USER_ERROR, the exit status of every command for a mistake a user can make."""
+    print(f"error: {error}", file=sys.stderr)
+    return USER_ERROR
+
+
 class DivergedError(RuntimeError):
     """A non-finite loss, gradient norm or state; the message names the step and the value."""
 

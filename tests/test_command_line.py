@@ -1,0 +1,225 @@
+"""The config from the command line: packaged names and paths, typed overrides, timm's names,
+and one `error: ...` line with the user-error status for every mistake (vit_jax/train/
+command_line.py, through the real CLI where it matters)."""
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests import cli
+from vit_jax.options import from_text
+from vit_jax.train import command_line
+from vit_jax.train.config import base_config, model_config, parse_arg, validate
+from vit_jax.train.stopping import USER_ERROR
+
+CONFIGS = os.path.join(cli.ROOT, "configs")
+
+
+def test_a_packaged_name_and_a_path_are_the_same_config():
+    assert command_line.packaged_configs() == {
+        name: os.path.join(CONFIGS, f"{name}.py")
+        for name in ("cifar10", "cifar10_finetune", "digits", "digits_finetune", "imagenet2012")
+    }
+    by_name = command_line.load("digits:posemb=rope_axial")
+    by_path = command_line.load(os.path.join(CONFIGS, "digits.py:posemb=rope_axial"))
+    assert by_name.to_dict() == by_path.to_dict()
+    assert by_name.model.posemb == "rope_axial" and by_name.is_locked
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("nope.py", "--config=nope.py is neither a file nor a packaged config: give the path"),
+        ("configs/digit.py", "packaged config (did you mean 'digits'?)"),
+        ("elsewhere/digits.py", "(did you mean 'digits'?)"),  # the packaged name of a lost path
+        ("digits:scan=1", "config argument 'scan=1' is not KEY=VALUE with KEY in"),
+        ("digits:image_size=big", "config argument image_size='big' is not of type int"),
+    ],
+)
+def test_a_config_that_does_not_exist_names_the_packaged_ones(spec, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        command_line.load(spec)
+
+
+def test_a_file_that_is_no_config_is_refused(tmp_path):
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    with pytest.raises(ValueError, match="empty.py has no get_config"):
+        command_line.load(str(tmp_path / "empty.py"))
+    with pytest.raises(ValueError, match="README.md is not a .py file with a get_config"):
+        command_line.load(os.path.join(cli.ROOT, "README.md"))
+
+
+def test_overrides_are_read_as_their_fields_type():
+    config = command_line.load(
+        "digits",
+        [
+            ("batch_size", "64"),
+            ("num_epochs", "2.5"),  # a placeholder (None) of type float
+            ("model.scan", "False"),
+            ("model.posemb_cls_slot", "no"),
+            ("model.image_size", "(24, 16)"),
+            ("model.dtype", "bfloat16"),
+            ("optimizer.learning_rate", "3e-4"),
+            ("init_from", "runs/a"),
+        ],
+    )
+    assert (config.batch_size, config.num_epochs, config.optimizer.learning_rate) == (64, 2.5, 3e-4)
+    assert config.model.scan is False and config.model.posemb_cls_slot is False
+    assert config.model.image_size == (24, 16) and config.model.dtype == "bfloat16"
+    assert config.init_from == "runs/a"
+    config = command_line.load("cifar10", [("num_epochs", "None"), ("model.image_size", "48")])
+    assert config.num_epochs is None and config.model.image_size == (48, 48)
+
+
+@pytest.mark.parametrize(
+    "text,kind,value",
+    [
+        ("TRUE", bool, True),
+        ("0", bool, False),
+        ("7", int, 7),
+        ("7", float, 7.0),
+        ("inf", float, float("inf")),
+        ("[1, 2]", tuple, (1, 2)),
+        ("a b", str, "a b"),
+        ("None", int, None),
+        ("(1, 'x')", None, (1, "x")),
+        ("plain text", None, "plain text"),
+    ],
+)
+def test_from_text_reads_each_type(text, kind, value):
+    assert from_text("f", text, kind) == value
+
+
+@pytest.mark.parametrize(
+    "text,kind,message",
+    [
+        ("maybe", bool, "f='maybe' is not of type bool (true or false)."),
+        ("1.5", int, "f='1.5' is not of type int (e.g. 8)."),
+        ("fast", float, "f='fast' is not of type float (e.g. 0.1)."),
+        ("'ab'", tuple, "f=\"'ab'\" is not of type tuple (e.g. (224, 160))."),
+    ],
+)
+def test_from_text_names_the_field_and_the_type(text, kind, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        from_text("f", text, kind)
+
+
+def test_a_boolean_config_argument_is_read_as_a_boolean():
+    assert parse_arg("scan=False", scan=True) == {"scan": False}
+    assert parse_arg("scan=true,size=3", scan=False, size=1) == {"scan": True, "size": 3}
+    assert parse_arg(None, scan=False) == {"scan": False}
+
+
+@pytest.mark.parametrize(
+    "field,message",
+    [
+        ("model.posembb", "model.posembb is not a field in model (did you mean 'posemb'?)"),
+        ("batch_sise", "batch_sise is not a field (did you mean 'batch_size'?)"),
+        ("modle.scan", "modle is not a field (did you mean 'model'?)"),
+        ("batch_size.x", "batch_size is a value, not a section."),
+        ("model", "model is a section: set its fields, --config.model.FIELD=VALUE."),
+    ],
+)
+def test_an_unknown_field_is_refused_with_a_did_you_mean(field, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        command_line.load("digits", [(field, "1")])
+
+
+def test_timm_names_are_read_and_stored_as_ours():
+    overrides = [
+        ("model.variant", "vit_small_patch16_384"),
+        ("model.drop_path_rate", "0.2"),
+        ("model.attn_drop_rate", "0.1"),
+        ("model.depth", "3"),
+    ]
+    config = command_line.load("imagenet2012", overrides)
+    model = config.model
+    assert (model.variant, model.image_size) == ("S/16", (384, 384))
+    assert (model.stochastic_depth, model.attention_dropout_rate, model.num_layers) == (
+        0.2,
+        0.1,
+        3,
+    )
+    assert not {"drop_path_rate", "attn_drop_rate", "depth"} & set(model)
+    # Through a config's own argument, and later flags win as usual.
+    config = command_line.load(
+        "imagenet2012:variant=vit_large_patch14_224", [("model.img_size", "(196, 252)")]
+    )
+    assert (config.model.variant, config.model.image_size) == ("L/14", (196, 252))
+    stored = json.loads(validate(config).config.to_json_best_effort())["model"]
+    assert stored["variant"] == "L/14" and "img_size" not in stored
+    config = base_config()
+    config.model.variant = "vit_base_patch16_224"  # set in Python, it is not read: one message
+    with pytest.raises(ValueError, match="'vit_base_patch16_224' is timm's name for 'B/16'"):
+        validate(config)
+
+
+@pytest.mark.parametrize(
+    "name,variant,size",
+    [
+        ("vit_tiny_patch16_224", "Ti/16", 224),
+        ("vit_base_patch32_384", "B/32", 384),
+        ("vit_huge_patch14_224", "H/14", 224),
+        ("vit_giant_patch14_224", "g/14", 224),
+    ],
+)
+def test_timm_model_names_are_a_variant_and_an_image_size(name, variant, size):
+    model = model_config(name, 32, num_classes=10)
+    assert (model.variant, model.image_size) == (variant, (size, size))
+
+
+def test_split_overrides_takes_both_spellings_and_leaves_the_rest():
+    argv = ["prog", "--config=digits", "--config.batch_size=8", "--workdir=w", "--config.seed", "3"]
+    rest, overrides = command_line.split_overrides(argv)
+    assert rest == ["prog", "--config=digits", "--workdir=w"]
+    assert overrides == [("batch_size", "8"), ("seed", "3")]
+    with pytest.raises(ValueError, match="--config.seed has no value: write --config.seed=VALUE"):
+        command_line.split_overrides(["prog", "--config.seed", "--workdir=w"])
+
+
+# A config file of one's own, with a boolean argument (--config=PATH:scan=...).
+OWN_CONFIG = """
+from vit_jax.train.command_line import load
+from vit_jax.train.config import parse_arg
+
+def get_config(arg=None):
+    config = load("digits")
+    with config.unlocked():
+        config.model.scan = parse_arg(arg, scan=False)["scan"]
+    return config
+"""
+
+
+def test_every_command_line_mistake_is_one_error_line_with_status_2(tmp_path):
+    """Through the real CLI, four runs at once: nothing is written and no traceback shown."""
+    workdir = tmp_path / "run"
+    own = tmp_path / "own.py"
+    own.write_text(OWN_CONFIG)
+    assert command_line.load(f"{own}:scan=False").model.scan is False
+    assert command_line.load(f"{own}:scan=1").model.scan is True
+    mistakes = {
+        "--config=configs/nope.py": "error: --config=configs/nope.py is neither a file nor",
+        "--config.model.posembb=learned": "error: model.posembb is not a field in model (did you",
+        "--config.batch_size=big": "error: batch_size='big' is not of type int (e.g. 8).",
+        f"--config={own}:scan=maybe": "error: config argument scan='maybe' is not of type bool",
+    }
+    runs = {
+        flag: subprocess.Popen(
+            cli.main_command(["--config=digits", flag, f"--workdir={workdir}"]),
+            env=cli.env(1),
+            cwd=cli.ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for flag in mistakes
+    }
+    for flag, proc in runs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == USER_ERROR, (flag, err[-2000:])
+        assert err.startswith(mistakes[flag]) and err.count("\n") == 1, (flag, err[-2000:])
+        assert out == ""
+    assert not workdir.exists()

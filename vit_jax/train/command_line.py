@@ -1,0 +1,111 @@
+"""A training config from the command line, as `vit-train` (vit_jax/main.py) and `vit-memory`
+read it:
+
+    --config=digits                     a packaged config: configs/digits.py of the repository,
+                                        installed with the package as vit_jax/configs/digits.py
+    --config=path/to/my_config.py       any config file (a `get_config(arg=None)` function)
+    --config=digits:posemb=rope_axial   ARG after the first colon goes to get_config(ARG)
+    --config.model.posemb=rope_axial    any field (also `--config.FIELD VALUE`); the value is
+                                        read as the field's type (`options.from_text`)
+    --config.model.drop_path_rate=0.1   timm's names are read as ours and stored as ours
+                                        (model.stochastic_depth; `config.timm_to_ours`)
+
+A path that exists is a file; otherwise a name is looked up among the packaged configs. Every
+mistake raises one ValueError saying what is wrong and how to fix it: a config that does not
+exist (naming the packaged ones), a field that does not exist (with a did-you-mean), a value
+that is not of the field's type. The values themselves are checked by `validate`
+(vit_jax/train/config.py), once, before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+import ml_collections
+
+from vit_jax.models import zoo
+from vit_jax.options import did_you_mean, from_text, unknown_field
+from vit_jax.train.config import config_from_file, timm_to_ours
+
+PREFIX = "--config."
+_TYPES = (bool, int, float, str, tuple)
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Takes the overrides out of a command line: (the other arguments, [(FIELD, VALUE)]) from
+    `--config.FIELD=VALUE` and `--config.FIELD VALUE`, in their order."""
+    rest, overrides = [], []
+    args = iter(argv)
+    for arg in args:
+        if not arg.startswith(PREFIX):
+            rest.append(arg)
+            continue
+        field, sep, value = arg[len(PREFIX) :].partition("=")
+        if not sep:
+            value = next(args, "--")
+            if value.startswith("--"):
+                raise ValueError(f"{arg} has no value: write {arg}=VALUE.")
+        overrides.append((field, value))
+    return rest, overrides
+
+
+def packaged_configs() -> dict[str, str]:
+    """{name: path} of the configs that come with the package: vit_jax/configs/ when installed,
+    the repository's configs/ in a source checkout."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folder = os.path.join(package, "configs")
+    if not os.path.isdir(folder):
+        folder = os.path.join(os.path.dirname(package), "configs")
+    files = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    return {f[:-3]: os.path.join(folder, f) for f in files if f.endswith(".py") and f[0] != "_"}
+
+
+def config_file(name_or_path: str) -> str:
+    """The file of --config=NAME_OR_PATH: the path if it is a file, else the packaged config of
+    that name."""
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    packaged = packaged_configs()
+    if name_or_path in packaged:
+        return packaged[name_or_path]
+    stem = os.path.splitext(os.path.basename(name_or_path))[0]
+    hint = f" (did you mean {stem!r}?)" if stem in packaged else did_you_mean(stem, packaged)
+    raise ValueError(
+        f"--config={name_or_path} is neither a file nor a packaged config{hint}: give the path "
+        f"of a config file, or one of the packaged configs: {', '.join(packaged)}."
+    )
+
+
+def load(spec: str, overrides: Iterable[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+    """The config of `--config=SPEC` (NAME_OR_PATH[:ARG]) with the overrides applied, locked
+    (no field can be added)."""
+    name_or_path, sep, arg = spec.partition(":")
+    config = config_from_file(config_file(name_or_path), arg if sep else None)
+    config.lock()
+    for field, text in overrides:
+        override(config, field, text)
+    return config
+
+
+def override(config: ml_collections.ConfigDict, field: str, text: str) -> None:
+    """Sets the dotted `field` of `config` from its command-line text, read as the field's type.
+    In the model section timm's names are read as ours."""
+    *sections, key = field.split(".")
+    holder = config
+    for depth, name in enumerate(sections):
+        if name not in holder:
+            raise unknown_field(".".join(sections[: depth + 1]), holder.keys())
+        holder = holder[name]
+        if not isinstance(holder, ml_collections.ConfigDict):
+            raise ValueError(f"{'.'.join(sections[: depth + 1])} is a value, not a section.")
+    is_model = sections == ["model"]
+    key = zoo.TIMM_FIELDS.get(key, key) if is_model else key
+    if key not in holder:
+        raise unknown_field(field, [*holder.keys(), *(zoo.TIMM_FIELDS if is_model else ())])
+    kind = holder.get_type(key)
+    if isinstance(kind, type) and issubclass(kind, ml_collections.ConfigDict):
+        raise ValueError(f"{field} is a section: set its fields, --config.{field}.FIELD=VALUE.")
+    value = from_text(field, text, kind if kind in _TYPES else None)
+    for name, ours in (timm_to_ours({key: value}) if is_model else {key: value}).items():
+        holder[name] = ours
