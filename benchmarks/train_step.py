@@ -49,6 +49,7 @@ from vit_jax.train.step import make_eval_step, make_train_step
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TRAIN_FIELDS = ("parallel", "grad_accum_steps", "batch_size")
+SETTLE_SECONDS = 1.0
 TIMM_SIZES = {"Ti": "tiny", "S": "small", "B": "base", "L": "large", "H": "huge"}
 
 
@@ -259,12 +260,15 @@ def timm_worker(spec: str) -> int:
 
 
 def time_rounds(contenders: list[Contender], rounds: int, steps: int) -> list[float]:
-    """Alternates the contenders for `rounds` rounds of `steps` steps each; also measures the
-    float32 matmul peak once per round (returned, one per round)."""
+    """Alternates the contenders for `rounds` rounds of `steps` steps each (odd rounds in reverse
+    order); also measures the float32 matmul peak once per round (returned, one per round)."""
     peaks = []
-    for _ in range(rounds):
+    for r in range(rounds):
         peaks.append(cost.measured_matmul_flops())
-        for c in contenders:
+        # Every other round in reverse order, and a pause before each contender so that the
+        # previous one's threads (another process's, for timm) have gone idle.
+        for c in contenders if r % 2 == 0 else contenders[::-1]:
+            time.sleep(SETTLE_SECONDS)
             start = time.perf_counter()
             for _ in range(steps):
                 c.step()

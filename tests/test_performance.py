@@ -246,14 +246,15 @@ def test_benchmark_script_times_contenders_and_plots_a_sweep(tmp_path, digits_di
     assert "attention_impl=fused" in out.stdout  # the table
 
 
-def test_add_bias_has_the_gradients_of_a_plain_sum():
-    from vit_jax.models.attention import add_bias
+def test_broadcast_batch_has_the_gradients_of_a_plain_broadcast():
+    from vit_jax.models.posemb.base import broadcast_batch
 
     logits = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 5, 5))
     bias = jax.random.normal(jax.random.PRNGKey(1), (1, 2, 5, 5))
     weights = jax.random.normal(jax.random.PRNGKey(2), (3, 2, 5, 5))
-    loss = lambda add: lambda x, b: jnp.sum(jnp.tanh(add(x, b)) * weights)
-    want = jax.grad(loss(jnp.add), argnums=(0, 1))(logits, bias)
-    got = jax.grad(loss(add_bias), argnums=(0, 1))(logits, bias)
+    loss = lambda bcast: lambda x, b: jnp.sum(jnp.tanh(x + bcast(b)) * weights)
+    plain = lambda b: jnp.broadcast_to(b, (3, 2, 5, 5))
+    want = jax.grad(loss(plain), argnums=(0, 1))(logits, bias)
+    got = jax.grad(loss(lambda b: broadcast_batch(b, 3)), argnums=(0, 1))(logits, bias)
     chex.assert_trees_all_close(got, want, atol=1e-6)
-    np.testing.assert_array_equal(add_bias(logits, bias), logits + bias)
+    np.testing.assert_array_equal(broadcast_batch(bias, 3), plain(bias))

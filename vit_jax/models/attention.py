@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 from vit_jax.models import precision
 from vit_jax.models.posemb import VARIANTS, Position
+from vit_jax.models.posemb.base import broadcast_batch
 
 ATTENTION_IMPLS = ("auto", "reference", "fused", "xla", "cudnn")
 LIBRARY_IMPLS = ("xla", "cudnn")  # jax.nn.dot_product_attention's; they have no dropout
@@ -50,28 +51,6 @@ def resolve_impl(impl: str, *, dropout: bool, backend: str | None = None) -> str
     if dropout:
         return "fused"
     return "library" if (backend or jax.default_backend()) == "gpu" else "fused"
-
-
-@jax.custom_vjp
-def add_bias(logits: jax.Array, bias: jax.Array) -> jax.Array:
-    """logits [B, heads, N_q, N_k] + bias [1, heads, N_q, N_k] (a position bias shared by the
-    batch). Its gradient sums the batch with a matrix product (ones [1, B] x [B, rest]): XLA:CPU
-    reduces a leading axis of this size several times slower, which made `relative` cost a
-    third more per attention than no bias."""
-    return logits + bias
-
-
-def _add_bias_fwd(logits, bias):
-    return logits + bias, None
-
-
-def _add_bias_bwd(_, grad):
-    batch = grad.shape[0]
-    summed = jnp.ones((1, batch), grad.dtype) @ grad.reshape(batch, -1)
-    return grad, summed.reshape((1, *grad.shape[1:]))
-
-
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 class Projection(nn.Module):
@@ -184,7 +163,7 @@ class Attention(nn.Module):
         logits = precision.einsum("bqhd,bkhd->bhqk", q, k, dtype=self.dtype)
         logits = logits.astype(jnp.float32) / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
         if bias is not None:
-            logits = add_bias(logits, bias)
+            logits = logits + broadcast_batch(bias, logits.shape[0])
         self.sow("intermediates", "attention_logits", logits)
         weights = jax.nn.softmax(logits, axis=-1)
         self.sow("intermediates", "attention_weights", weights)
@@ -198,7 +177,7 @@ class Attention(nn.Module):
         logits = precision.einsum("bhqd,bhkd->bhqk", q, k, dtype=self.dtype)
         logits = logits.astype(jnp.float32)
         if bias is not None:
-            logits = add_bias(logits, bias)
+            logits = logits + broadcast_batch(bias, logits.shape[0])
         weights = jax.nn.softmax(logits, axis=-1)
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=self.deterministic)
         y = precision.einsum("bhqk,bhkd->bhqd", weights, v, dtype=self.dtype)
@@ -217,7 +196,6 @@ __all__ = [
     "ATTENTION_IMPLS",
     "Attention",
     "Projection",
-    "add_bias",
     "fused_projection",
     "resolve_impl",
 ]

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models.posemb.base import Position, Variant, grid_independent
+from vit_jax.models.posemb.base import Position, Variant, broadcast_batch, grid_independent
 
 FREQUENCIES = "rope_frequencies"
 
@@ -75,7 +75,7 @@ def rotate(x: jax.Array, angles: jax.Array, num_prefix_tokens: int) -> jax.Array
         angles = angles[:, None, :]
     prefix, tokens = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
     pairs = tokens.astype(jnp.float32).reshape(*tokens.shape[:-1], -1, 2)
-    cos, sin = jnp.cos(angles)[None], jnp.sin(angles)[None]
+    cos, sin = (broadcast_batch(f(angles)[None], x.shape[0]) for f in (jnp.cos, jnp.sin))
     even, odd = pairs[..., 0], pairs[..., 1]
     rotated = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
     rotated = rotated.reshape(tokens.shape).astype(x.dtype)
