@@ -94,7 +94,7 @@ def test_the_wheel_has_the_version_license_and_dependencies_of_pyproject(wheel):
 
 def test_every_script_is_the_main_function_of_a_module(wheel):
     scripts = PROJECT["scripts"]
-    assert {"vit-train", "vit-memory", "vit-inspect", "vit-convert"} <= set(scripts)
+    assert {"vit-train", "vit-memory", "vit-inspect", "vit-convert", "vit-predict"} <= set(scripts)
     entry_points = configparser.ConfigParser()
     entry_points.read_string(dist_info(wheel, "entry_points.txt"))
     assert dict(entry_points["console_scripts"]) == scripts
