@@ -316,8 +316,8 @@ def _check(partial: str, facts: str, remote: _Remote, source: str) -> None:
 
 def _by_hand(url: str, path: str, why: str) -> DownloadError:
     return DownloadError(
-        f"cannot download {_shown(url)}: {why}. Run again to resume, or download it by hand "
-        f"and put it at {path} (the cache, ${CACHE_ENV}), e.g.\n"
+        f"cannot download {_shown(url)}: {why}. Run again (a partial download resumes), or "
+        f"download it by hand and put it at {path} (the cache, ${CACHE_ENV}), e.g.\n"
         f"  curl -L -o {path} {http_url(url)}"
     )
 
