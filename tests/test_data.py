@@ -77,7 +77,8 @@ def test_digits_splits_sizes_and_stratification(digits_dir):
     dataset = open_digits(digits_dir)
     train, test, channels = dataset.train, dataset.eval, dataset.info.channels
     assert (len(train), len(test), channels) == (1500, 297, 1)
-    assert dataset.info == data.DatasetInfo(10, 1500, 297, 1)
+    digit_names = tuple(str(i) for i in range(10))  # what a run stores and predict shows
+    assert dataset.info == data.DatasetInfo(10, 1500, 297, 1, class_names=digit_names)
     from sklearn.datasets import load_digits
 
     share = np.bincount(load_digits().target, minlength=10) / 1797
@@ -214,7 +215,9 @@ def test_two_processes_get_disjoint_shards_covering_the_split(folder):
 def test_folder_source_classes_labels_and_shapes(folder):
     dataset = open_folder(folder)
     info = dataset.info
-    assert info == data.DatasetInfo(num_classes=3, num_train=24, num_eval=6, channels=3)
+    assert info == data.DatasetInfo(
+        num_classes=3, num_train=24, num_eval=6, channels=3, class_names=FOLDER_CLASSES
+    )
     index = data.scan_folder(str(folder))
     assert index.classes == FOLDER_CLASSES and len(index.paths) == NUM_FOLDER_IMAGES
     source = data.ImageFolderSource(index)

@@ -1,7 +1,8 @@
 """The package as pip installs it: the wheel's files (every module, the configs as
-vit_jax.configs, py.typed, the license; nothing else at the top level), its version, its scripts,
-and dependencies that match the imports (every third-party import declared, every declared
-dependency imported). The lowest declared versions are checked by .ci/floors, not here."""
+vit_jax.configs, py.typed, the ImageNet class names, the license; nothing else at the top
+level), its version, its scripts, and dependencies that match the imports (every third-party
+import declared, every declared dependency imported). The lowest declared versions are checked
+by .ci/floors, not here."""
 
 import ast
 import configparser
@@ -61,7 +62,7 @@ def dist_info(wheel: zipfile.ZipFile, name: str) -> str:
 
 
 def test_the_wheel_holds_every_module_and_the_configs_as_vit_jax_configs(wheel):
-    sources = {"vit_jax/py.typed"}
+    sources = {"vit_jax/py.typed", "vit_jax/data/imagenet2012_classes.txt"}  # package data
     for folder, packaged in (("vit_jax", "vit_jax"), ("configs", "vit_jax/configs")):
         for parent, dirs, files in os.walk(os.path.join(ROOT, folder)):
             dirs[:] = [d for d in dirs if d != "__pycache__"]
@@ -93,7 +94,7 @@ def test_the_wheel_has_the_version_license_and_dependencies_of_pyproject(wheel):
 
 def test_every_script_is_the_main_function_of_a_module(wheel):
     scripts = PROJECT["scripts"]
-    assert {"vit-train", "vit-memory", "vit-inspect", "vit-convert"} <= set(scripts)
+    assert {"vit-train", "vit-memory", "vit-inspect", "vit-convert", "vit-predict"} <= set(scripts)
     entry_points = configparser.ConfigParser()
     entry_points.read_string(dist_info(wheel, "entry_points.txt"))
     assert dict(entry_points["console_scripts"]) == scripts

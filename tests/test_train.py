@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import SMALL, read_metrics, tiny_config
 from vit_jax import data, models
+from vit_jax.checkpoint import layout
 from vit_jax.data.folder import scan_folder
 from vit_jax.train import optim, parallel
 from vit_jax.train.config import validate
@@ -201,6 +202,9 @@ def test_training_writes_metrics_tensorboard_config_and_checkpoints(digits_dir, 
     assert evals[-1]["num_examples"] == 297 and evals[-1]["split"] == "eval"
     assert summary["num_examples"] == 297 and summary["step"] == 6
     assert json.load(open(workdir / "config.json"))["model"]["hidden_size"] == 32
+    # The dataset's class names go with every checkpoint (what vit_jax.predict shows).
+    stored = layout.read_config(str(workdir / "checkpoints" / "6"))
+    assert stored[layout.CLASS_NAMES] == [str(i) for i in range(10)]
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
     assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
     # A rerun finds the final checkpoint and does no more training.
@@ -244,6 +248,7 @@ def test_image_folder_source_trains_and_evaluates(tmp_path, monkeypatch):
     assert len(scans) == 2  # each folder (train, eval) walked once in the whole run
     cfg = json.load(open(tmp_path / "run" / "config.json"))
     assert cfg["model"]["num_classes"] == 3
+    assert cfg[layout.CLASS_NAMES] == ["cat", "dog", "fox"]  # the subfolders, label order
 
 
 @pytest.mark.parametrize(

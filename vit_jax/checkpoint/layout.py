@@ -2,7 +2,8 @@
 
     WORKDIR/checkpoints/<step>/
       state   the train state dict {"params", "opt_state", "step", "rng"} (StandardSave)
-      config  the resolved run config as JSON
+      config  the resolved run config as JSON, and under CLASS_NAMES the dataset's class
+              names (label i -> name), which `vit_jax.predict` shows
       data    (written by vit_jax 0.1 only: the grain iterator's position per process; the
               position is now the state's step, and this item is not read)
 
@@ -22,6 +23,7 @@ from vit_jax.checkpoint.errors import UnreadableCheckpointError
 CHECKPOINTS = "checkpoints"
 STATE, CONFIG = "state", "config"
 PARAMS = "params"  # the parameters' key in the state
+CLASS_NAMES = "class_names"  # the class names' key in the config item (and WORKDIR/config.json)
 
 
 def checkpoints_dir(workdir: str) -> str:

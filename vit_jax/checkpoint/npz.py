@@ -2,9 +2,10 @@
 
 In (`read_npz_shapes`, `load_npz`), keys are mapped onto this package's parameter tree:
 
-- official (google-research/vision_transformer): flat '/'-joined keys as in REFERENCE.md §1, block
-  names either pre-Linen (`MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`, which the
-  model uses natively) or Linen (`MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`);
+- official (google-research/vision_transformer): flat '/'-joined keys (`embedding/kernel`,
+  `Transformer/encoderblock_0/...`, `head/bias`: the model's own names), block names either
+  pre-Linen (`MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`, which the model
+  uses natively) or Linen (`MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`);
 - big_vision: the same under a `params/` prefix (`params/img/` for SigLIP image towers), with
   `pos_embedding` at the top level and no class-token row, blocks per layer or scanned
   (`Transformer/encoderblock/...` with a leading layer axis). Other keys (optimizer state, text
@@ -35,7 +36,10 @@ from vit_jax.models import paths
 from vit_jax.models.posemb import learned
 from vit_jax.models.scan import unscan_params
 
-PREFIXES = ("", "params/", "params/img/", "opt/target/")
+# Where the parameters are in a file's tree: at the top; under `params/` (big_vision, Flax's
+# TrainState; `params/img/` for SigLIP); under the optimizer's `target/` (flax.optim); under `0/`
+# (the official repository's fine-tuning saves the tuple (params, opt_state, step)).
+PREFIXES = ("", "params/", "params/img/", "opt/target/", "target/", "0/")
 # What reading a damaged or foreign archive raises (zipfile: also NotImplementedError for an
 # unknown version and RuntimeError for an encrypted member; struct.error for torn headers).
 READ_ERRORS = (
@@ -102,16 +106,18 @@ def _headers(path: str) -> dict[str, jax.ShapeDtypeStruct]:
     return {name: jax.ShapeDtypeStruct(*header) for name, header in headers.items()}
 
 
-def _layout(path: str, keys: list[str]) -> tuple[dict[str, str], dict]:
-    """Maps the archive's parameter keys to this package's '/'-joined keys; returns the mapping
-    {stored key: our key} and the layout metadata."""
+def map_keys(path: str, keys: list[str]) -> tuple[dict[str, str], dict]:
+    """Maps the '/'-joined keys of a stored tree (an .npz archive's, or a flattened Flax msgpack
+    tree's) to this package's keys; returns the mapping {stored key: our key} and the layout
+    metadata. Raises UnreadableCheckpointError if no prefix holds the parameters."""
     prefix = next((p for p in PREFIXES if p + _ANCHOR in keys), None)
     if prefix is None:
         shown = ", ".join(sorted(keys)[:8]) + (", ..." if len(keys) > 8 else "")
         raise UnreadableCheckpointError(
             f"{path} has an unknown layout: no {_ANCHOR!r} entry under any of the prefixes "
             f"{PREFIXES}, so it is not an official ViT or big_vision checkpoint (its entries: "
-            f"{shown}). Convert it to the official ViT layout (REFERENCE.md §1) first."
+            f"{shown}). Convert it to the official ViT layout (flat keys such as "
+            f"{_ANCHOR!r}) first."
         )
     mapping, linen = {}, False
     for key in keys:
@@ -155,7 +161,7 @@ def read_npz_shapes(path: str | os.PathLike) -> tuple[dict, dict]:
     UnreadableCheckpointError (truncated, pickled objects, unknown layout)."""
     path = os.fspath(path)
     headers = _headers(path)
-    mapping, meta = _layout(path, list(headers))
+    mapping, meta = map_keys(path, list(headers))
     meta["config"] = _read_config(path) if CONFIG_KEY in headers else None
     return paths.unflatten({ours: headers[key] for key, ours in mapping.items()}), meta
 
@@ -167,7 +173,7 @@ def load_npz(path: str | os.PathLike) -> tuple[dict, dict]:
     _, meta = read_npz_shapes(path)  # validates the file and the layout before reading arrays
     try:
         with np.load(path, allow_pickle=False) as archive:
-            mapping, _ = _layout(path, list(archive.files))
+            mapping, _ = map_keys(path, list(archive.files))
             flat = {ours: archive[key] for key, ours in mapping.items()}
     except READ_ERRORS as e:
         raise _open_error(path, e) from e

@@ -1,8 +1,10 @@
 """Load a checkpoint of any supported kind, and restore it into a model (`init_from`).
 
 A checkpoint is named by a path: an Orbax checkpoints directory (its newest step; a training
-workdir works too), one step directory of it, or an `.npz` file in the official ViT or big_vision
-layout.
+workdir works too), one step directory of it, an `.npz` file in the official ViT or big_vision
+layout, or a Flax msgpack file (the official repository's fine-tuned checkpoints); or by an
+http(s):// or gs:// URL or a published name (`augreg:B/16-i21k`), downloaded into the cache once
+(download.py, published.py).
 """
 
 from __future__ import annotations
@@ -12,41 +14,63 @@ import os
 import jax
 import numpy as np
 
-from vit_jax.checkpoint import adapt
+from vit_jax.checkpoint import adapt, download, published
 from vit_jax.checkpoint.errors import UnreadableCheckpointError
+from vit_jax.checkpoint.flax_msgpack import load_msgpack, read_msgpack_shapes
 from vit_jax.checkpoint.npz import load_npz, read_npz_shapes
 from vit_jax.checkpoint.orbax_params import load_orbax_params, read_orbax_shapes
 from vit_jax.checkpoint.report import Report
 from vit_jax.models import VisionTransformer, paths
 
+# Each format's readers: (shapes and metadata only, parameters and metadata).
+_READERS = {
+    "orbax": (read_orbax_shapes, load_orbax_params),
+    "npz": (read_npz_shapes, load_npz),
+    "msgpack": (read_msgpack_shapes, load_msgpack),
+}
 
-def _is_orbax(path: str) -> bool:
+
+def locate(source: str | os.PathLike) -> str:
+    """The local path of a checkpoint: a path as is; a published name or an http(s):// or
+    gs:// URL is downloaded into the cache once (raises DownloadError if it cannot be)."""
+    url = published.resolve(source)
+    return download.fetch(url) if download.is_url(url) else url
+
+
+def _format(path: str) -> str:
+    """The format of a local checkpoint: a directory is "orbax"; a file is "npz" (by its name,
+    else a zip's signature) or else "msgpack"."""
     if os.path.isdir(path):
-        return True
-    if os.path.isfile(path):
-        return False
-    raise FileNotFoundError(
-        f"checkpoint {path} does not exist. Pass an Orbax checkpoints directory "
-        "(WORKDIR/checkpoints), one of its step directories, or an .npz file."
-    )
+        return "orbax"
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist. Pass an Orbax checkpoints directory "
+            "(WORKDIR/checkpoints), one of its step directories, an .npz or Flax msgpack file, "
+            "an http(s):// or gs:// URL, or a published name such as augreg:B/16-i21k."
+        )
+    if path.endswith(".npz"):
+        return "npz"
+    with open(path, "rb") as f:
+        return "npz" if f.read(4) == b"PK\x03\x04" else "msgpack"
 
 
 def checkpoint_shapes(path: str | os.PathLike) -> tuple[dict, dict]:
-    """(shapes, meta) of a checkpoint without reading its arrays: nested ShapeDtypeStructs in
-    this package's parameter names (per-block or scanned, as stored), and a metadata dict with
-    `path`, `format` ("npz" | "orbax"), `layout` ("official" | "big_vision" | "vit_jax"),
-    `naming`, `scanned`, `step`, `num_prefix_tokens` (class-token rows of grid parameters that
-    the layout fixes, by leaf name) and `config` (the stored config or None).
+    """(shapes, meta) of a checkpoint without reading its arrays (a msgpack file is decoded
+    whole): nested ShapeDtypeStructs in this package's parameter names (per-block or scanned,
+    as stored), and a metadata dict with `path` (local), `format` ("npz" | "msgpack" |
+    "orbax"), `layout` ("official" | "big_vision" | "vit_jax"), `naming`, `scanned`, `step`,
+    `num_prefix_tokens` (class-token rows of grid parameters that the layout fixes, by leaf
+    name) and `config` (the stored config or None). `path`: see `locate`.
     """
-    path = os.fspath(path)
-    return read_orbax_shapes(path) if _is_orbax(path) else read_npz_shapes(path)
+    path = locate(path)
+    return _READERS[_format(path)][0](path)
 
 
 def load_params(path: str | os.PathLike) -> tuple[dict, dict]:
     """(params, meta): the stored parameters as nested host numpy arrays in this package's names
     (per-block or scanned, as stored) and the metadata of `checkpoint_shapes`."""
-    path = os.fspath(path)
-    return load_orbax_params(path) if _is_orbax(path) else load_npz(path)
+    path = locate(path)
+    return _READERS[_format(path)][1](path)
 
 
 def check_finite(params: dict, source: str) -> None:
@@ -80,9 +104,11 @@ def restore_into(
     adapted (position embeddings and bias tables resized to the model's grid, the patch kernel to
     its patch size, the head re-initialised from `rng` if the class count differs, per-block <->
     scanned layout) and put on `sharding` (default: the default device).
-    Prints the report table unless verbose=False. Options: see `adapt.plan`.
+    Prints the report table unless verbose=False. Options: see `adapt.plan`. `path`: a path,
+    URL or published name (see `locate`).
     Returns (params, report).
     """
+    path = locate(path)
     shapes, meta = checkpoint_shapes(path)
     the_plan = adapt.plan(
         shapes,

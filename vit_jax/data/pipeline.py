@@ -1,7 +1,7 @@
 """Input pipelines: a tfds dataset or an image folder -> grain -> per-process numpy batches.
 
     dataset = open_dataset(data_options(config.data))  # once per run: folder walked, cache filled
-    dataset.info                       # DatasetInfo(num_classes, num_train, num_eval, channels)
+    dataset.info                       # DatasetInfo(num_classes, ..., channels, class_names)
     train_ds = train_loader(dataset, image_size=(32, 32), global_batch_size=128, seed=0)
     train_iter = iter(train_ds)        # checkpointable: grain.checkpoint.CheckpointSave(train_iter)
     batch = next(train_iter)           # {'image': f32 [b, H, W, C] in [-1, 1], 'label': i32 [b]}
@@ -57,6 +57,8 @@ class DatasetInfo:
     num_train: int
     num_eval: int
     channels: int  # Image channels at the model input: 1 (grayscale) or 3 (RGB).
+    # Label i's name (tfds: the label feature's names; folder: the subfolder names).
+    class_names: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,8 +152,8 @@ def _folder_indices(opts: DataOptions) -> dict[str, FolderIndex]:
     return {"train": train, "eval": held_out}
 
 
-def _tfds_sources(opts: DataOptions) -> tuple[dict[str, Sequence[dict]], int, int]:
-    """The tfds dataset's {'train', 'eval'} sources, its number of classes and image channels."""
+def _tfds_sources(opts: DataOptions) -> tuple[dict[str, Sequence[dict]], tuple[str, ...], int]:
+    """The tfds dataset's {'train', 'eval'} sources, its class names and image channels."""
     builder = _tfds_builder(opts)
     splits = {"train": opts.train_split, "eval": opts.eval_split}
     for tfds_split in splits.values():
@@ -164,7 +166,7 @@ def _tfds_sources(opts: DataOptions) -> tuple[dict[str, Sequence[dict]], int, in
         }
     except NotImplementedError as error:  # Prepared, but only in another file format.
         raise _not_prepared(opts) from error
-    return sources, builder.info.features["label"].num_classes, channels
+    return sources, tuple(builder.info.features["label"].names), channels
 
 
 def _wrap(source: Sequence[dict], opts: DataOptions) -> Sequence[dict]:
@@ -205,15 +207,16 @@ def open_dataset(opts: DataOptions) -> Dataset:
     if opts.source == "folder":
         indices = _folder_indices(opts)
         raw = {split: ImageFolderSource(index) for split, index in indices.items()}
-        num_classes, channels = len(indices["train"].classes), 3
+        class_names, channels = indices["train"].classes, 3
     else:
-        raw, num_classes, channels = _tfds_sources(opts)
+        raw, class_names, channels = _tfds_sources(opts)
     sources = {split: _wrap(source, opts) for split, source in raw.items()}
     info = DatasetInfo(
-        num_classes=num_classes,
+        num_classes=len(class_names),
         num_train=len(sources["train"]),
         num_eval=len(sources["eval"]),
         channels=channels,
+        class_names=tuple(class_names),
     )
     return Dataset(opts, info, sources["train"], sources["eval"])
 

@@ -31,6 +31,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from vit_jax import models
+from vit_jax.checkpoint import published
 from vit_jax.data.options import DataOptions, data_options
 from vit_jax.data.pipeline import DatasetInfo
 from vit_jax.models import zoo
@@ -126,8 +127,10 @@ class TrainOptions:
     )
     init_from: str | None = option(
         None,
-        "weights to start from (not a resume): a workdir, its checkpoints dir, a step dir or an "
-        "official / big_vision .npz; resized to the model, a head of another class count re-made",
+        "weights to start from (not a resume): a workdir, its checkpoints dir, a step dir, an "
+        "official / big_vision .npz or Flax msgpack file, an http(s):// or gs:// URL, or a "
+        "published name (augreg:B/16-i21k; vit_jax/checkpoint/published.py); resized to the "
+        "model, a head of another class count re-made",
         type=str,
     )
     profile_start_step: int = option(
@@ -201,6 +204,8 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
     one ValueError naming the field."""
     config = config.copy_and_resolve_references()
     train = _train_options(config)
+    if train.init_from:
+        published.resolve(train.init_from)  # a misspelled published name fails here
     data = data_options(_section(config, "data"))
     optimizer = read(OptimizerOptions, _section(config, "optimizer"), "optimizer.")
     restore = read(RestoreOptions, _section(config, "init_options"), "init_options.")

@@ -24,6 +24,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from vit_jax import data
+from vit_jax.checkpoint import layout
 from vit_jax.checkpoint import manager as ckpt
 from vit_jax.models import VisionTransformer
 from vit_jax.train import cost, optim, parallel, provenance, stopping
@@ -214,6 +215,7 @@ def set_up(config, workdir: str) -> Run:
     train = settings.train
     tx, schedule = optim.make_optimizer(settings.optimizer, train.total_steps)
     config_dict = json.loads(settings.config.to_json_best_effort())
+    config_dict[layout.CLASS_NAMES] = list(dataset.info.class_names)  # for vit_jax.predict
     par = parallel.make(train.parallel, mesh=settings.mesh, options=settings.sharding)
     # The sharding overrides are checked against the parameters before anything is written.
     par.state_shardings(abstract_state(settings.model, tx, dataset.info.channels, _KEY))
