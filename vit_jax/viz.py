@@ -323,13 +323,10 @@ def save(fig, path: str, dpi: int = 100) -> str:
     """Writes `fig` as a PNG at `path` with the Agg backend (creating its folder), atomically:
     a failed write leaves no file behind. Returns `path`."""
     _matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    FigureCanvasAgg(fig)
     partial = f"{path}.tmp.png"
     try:
-        fig.savefig(partial, dpi=dpi, format="png")
+        fig.savefig(partial, dpi=dpi, format="png", backend="agg")  # whatever pyplot uses
         os.replace(partial, path)
     finally:
         if os.path.exists(partial):
