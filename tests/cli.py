@@ -21,6 +21,7 @@ def tiny_digits_flags(data_dir, workdir, total_steps, **overrides) -> list[str]:
         "log_every_steps": 1,
         "checkpoint_every_steps": 25,
         "data.data_dir": str(data_dir),
+        "plots": False,  # drawn only where plots are tested (tests/test_viz.py)
         **overrides,
     }
     flags = [f"--config={ROOT}/configs/digits.py", f"--workdir={workdir}"]

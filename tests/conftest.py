@@ -51,6 +51,7 @@ def tiny_config(data_dir, **overrides):
     config.optimizer.warmup_steps = 2
     config.log_every_steps = 1
     config.checkpoint_every_steps = 3
+    config.plots = False  # drawn only where plots are tested (tests/test_viz.py)
     for key, value in overrides.items():
         section, _, field = key.rpartition(".")
         (config[section] if section else config)[field] = value

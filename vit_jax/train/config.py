@@ -125,6 +125,11 @@ class TrainOptions:
         "run (exit status 3) or skip it and go on (counted as nonfinite_steps)",
         choices=("stop", "skip"),
     )
+    plots: bool = option(
+        True,
+        "at the end, draw the training curves and the position embedding into WORKDIR/plots "
+        "(needs matplotlib: the `plots` extra; skipped with one line without it)",
+    )
     init_from: str | None = option(
         None,
         "weights to start from (not a resume): a workdir, its checkpoints dir, a step dir, an "

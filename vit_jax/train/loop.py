@@ -26,7 +26,8 @@ import orbax.checkpoint as ocp
 from vit_jax import data
 from vit_jax.checkpoint import layout
 from vit_jax.checkpoint import manager as ckpt
-from vit_jax.models import VisionTransformer
+from vit_jax.models import VisionTransformer, paths
+from vit_jax.models.posemb import param_rule
 from vit_jax.train import cost, optim, parallel, provenance, stopping
 from vit_jax.train.config import Settings, validate, with_dataset
 from vit_jax.train.parallel import to_host
@@ -447,4 +448,43 @@ def finish(
         f"{result['num_examples']} examples, {steps_run} steps in "
         f"{format_duration(train_seconds)} ({summary['img_per_sec']:,.0f} img/s)"
     )
+    write_plots(run, state, reporter)
     return summary
+
+
+def write_plots(run: Run, state, reporter: Reporter) -> None:
+    """Draws the run's training curves and position embedding into WORKDIR/plots
+    (`vit_jax.viz.write_run_plots`, process 0) unless `plots=False`. A picture never fails a
+    run: without matplotlib, or on any error, one line says why there is none."""
+    if not run.settings.train.plots:
+        return
+    try:
+        params = position_params_on_host(run.par, state["params"])
+        if jax.process_index() != 0:
+            return
+        from vit_jax import viz
+
+        written = viz.write_run_plots(run.workdir, run.settings.model, params)
+    except ImportError as e:
+        reporter.message(f"plots: skipped: {e}")
+    except Exception as e:  # a plot is never worth a failed run
+        reporter.message(f"plots: not drawn ({type(e).__name__}: {e})")
+    else:
+        reporter.message(f"plots: {', '.join(os.path.relpath(p, run.workdir) for p in written)}")
+
+
+def position_params_on_host(par, params) -> dict:
+    """The parameters that a position-embedding variant owns (`posemb.param_rule`), as numpy
+    arrays in a tree shaped like `params` (the pictures need nothing else)."""
+    flat = paths.flatten(params)
+    owned = {key: value for key, value in flat.items() if param_rule(paths.leaf(key))}
+    return jax.tree.map(host_array, par.host_state(paths.unflatten(owned)))
+
+
+def host_array(x: jax.Array | np.ndarray) -> np.ndarray:
+    """A parameter as numpy: whole if this process holds all of it, else its replica."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    if x.is_fully_replicated:
+        return to_host(x)
+    raise ValueError("a position parameter is sharded over processes; it is not gathered")
