@@ -296,9 +296,9 @@ def report(c: Contender, matmul_peak: float, published: float | None, base: Cont
     }
     flops = c.info.get("model_flops_per_step")
     per_device = None if flops is None else flops / step_seconds / jax.device_count()
-    record["mfu_vs_matmul_peak"] = None if per_device is None else per_device / matmul_peak
+    record["mfu_vs_matmul_peak"] = None if per_device is None else cost.mfu(per_device, matmul_peak)
     record["mfu_vs_published_peak"] = (
-        None if per_device is None or published is None else per_device / published
+        None if per_device is None or published is None else cost.mfu(per_device, published)
     )
     if c.infer_times:
         record["inference_img_per_sec"] = c.images_per_step / float(np.median(c.infer_times))
@@ -312,9 +312,8 @@ def add_timm_ratios(records: list[dict], flops_per_step: int) -> None:
     for r in records:
         if "timm_model" in r:
             r["model_flops_per_step"] = flops_per_step
-            r["mfu_vs_matmul_peak"] = (
-                flops_per_step / r["step_seconds"] / r["matmul_peak_flops"] / jax.device_count()
-            )
+            per_device = flops_per_step / r["step_seconds"] / jax.device_count()
+            r["mfu_vs_matmul_peak"] = cost.mfu(per_device, r["matmul_peak_flops"])
         elif f"timm ({r['dtype']})" in timm:
             r["speed_vs_timm"] = timm[f"timm ({r['dtype']})"]["step_seconds"] / r["step_seconds"]
 

@@ -188,9 +188,9 @@ def peak_flops(device: jax.Device | None = None) -> Peak:
     return Peak(measured_matmul_flops(), "measured float32 2048x2048 matmul")
 
 
-def mfu(flops_per_second_per_device: float, peak: Peak) -> float:
-    """Model FLOPs utilisation: achieved model FLOP/s of one device over its peak."""
-    return flops_per_second_per_device / peak.flops
+def mfu(flops_per_second_per_device: float, peak_flops: float) -> float:
+    """Model FLOPs utilisation: achieved model FLOP/s of one device over its peak FLOP/s."""
+    return flops_per_second_per_device / peak_flops
 
 
 # ---------------------------------------------------------------------------------------------

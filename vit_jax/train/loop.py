@@ -356,7 +356,8 @@ class Throughput:
         {"compile_seconds"}."""
         fields = {}
         if img_per_sec is not None:
-            fields["mfu"] = img_per_sec * self.flops_per_image / (self.devices * self.peak.flops)
+            per_device = img_per_sec * self.flops_per_image / self.devices
+            fields["mfu"] = cost.mfu(per_device, self.peak.flops)
         if self.compile_seconds is not None:
             fields["compile_seconds"], self.compile_seconds = self.compile_seconds, None
         return fields
