@@ -46,7 +46,7 @@ def digits_split_indices() -> dict[str, np.ndarray]:
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of one digit: image [8, 8] float in 0..16 -> 8-bit grayscale in 0..255."""
+    """PNG bytes of digits' pixels: image [h, w] float in 0..16 -> 8-bit grayscale in 0..255."""
     pixels = np.round(np.asarray(image, np.float64) * (255.0 / 16.0)).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
@@ -93,12 +93,13 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
             yield int(i), {"image": encode_png(digits.images[i]), "label": int(digits.target[i])}
 
 
-def prepare_digits(data_dir: str | None = None) -> None:
-    """Builds `sklearn_digits` as array_record files in `data_dir` (None: tfds default) if missing.
+def prepare(builder_class: type[tfds.core.GeneratorBasedBuilder], data_dir: str | None) -> None:
+    """Builds the dataset of a builder that needs no download (the digits, the canvases of
+    `vit_jax.data.canvas`) as array_record files in `data_dir` (None: tfds default) if missing.
 
     Idempotent and fast (reads one JSON file) when the dataset is already built.
     """
-    builder = SklearnDigits(data_dir=data_dir, file_format="array_record")
+    builder = builder_class(data_dir=data_dir, file_format="array_record")
     if builder.is_prepared():
         return
     try:
@@ -106,5 +107,10 @@ def prepare_digits(data_dir: str | None = None) -> None:
     except Exception:
         # Several processes sharing `data_dir` may race to build it; the loser's final rename
         # fails, yet the dataset is there.
-        if not SklearnDigits(data_dir=data_dir, file_format="array_record").is_prepared():
+        if not builder_class(data_dir=data_dir, file_format="array_record").is_prepared():
             raise
+
+
+def prepare_digits(data_dir: str | None = None) -> None:
+    """Builds `sklearn_digits` in `data_dir` (None: tfds default) if missing (`prepare`)."""
+    prepare(SklearnDigits, data_dir)

@@ -25,7 +25,9 @@ class DataOptions:
 
     source: str = option("tfds", "where the images come from", choices=SOURCES)
     name: str = option(
-        DIGITS, "tfds name: 'sklearn_digits' (embedded, built on first use), 'cifar10', ..."
+        DIGITS,
+        "tfds name: 'sklearn_digits', 'digits_position' or 'digits_segmentation' (embedded, built "
+        "on first use), 'cifar10', ...",
     )
     data_dir: str | None = option(
         None, "tfds data directory; None = tfds default (~/tensorflow_datasets)", type=str

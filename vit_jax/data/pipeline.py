@@ -8,6 +8,10 @@
     for batch in eval_batches(dataset, image_size=(32, 32), global_batch_size=256):
         ...                            # plus 'mask': f32 [b], 0 for padding
 
+A dataset whose examples carry a per-pixel class map 'segmentation' (`info.dense_labels`, e.g.
+`digits_segmentation`) gives 'label' i32 [b, H, W] instead: the map cropped, resized (nearest)
+and flipped with its image.
+
 b = global_batch_size // jax.process_count(); each process reads its own shard. The fields of
 the data config, their defaults and allowed values are declared in `vit_jax.data.options`.
 
@@ -23,7 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
 
-from vit_jax.data import digits
+from vit_jax.data import canvas, digits
 from vit_jax.data.folder import (
     FolderIndex,
     ImageFolderSource,
@@ -33,6 +37,7 @@ from vit_jax.data.folder import (
 )
 from vit_jax.data.options import DataOptions
 from vit_jax.data.transforms import (
+    Box,
     center_crop_box,
     crop_and_resize,
     decode_image,
@@ -59,10 +64,13 @@ class DatasetInfo:
     channels: int  # Image channels at the model input: 1 (grayscale) or 3 (RGB).
     # Label i's name (tfds: the label feature's names; folder: the subfolder names).
     class_names: tuple[str, ...] = ()
+    # Whether examples carry a class per pixel ('segmentation'): batch labels are [b, H, W].
+    dense_labels: bool = False
 
 
 # --------------------------------------------------------------------------------------------
-# Sources: random access, `source[i]` = {'image': uint8 [h, w, c], 'label': int}.
+# Sources: random access, `source[i]` = {'image': uint8 [h, w, c], 'label': int}, and for
+# datasets with per-pixel labels 'segmentation': uint8 [h, w] or [h, w, 1].
 
 
 class TfdsSource:
@@ -92,7 +100,11 @@ class TfdsSource:
         if isinstance(image, bytes):
             image = decode_image(image, rgb=self.channels != 1, where=f"{self.where} record {i}")
         image = np.asarray(image, np.uint8)
-        return {"image": image[..., None] if image.ndim == 2 else image, "label": record["label"]}
+        image = image[..., None] if image.ndim == 2 else image
+        example = {"image": image, "label": record["label"]}
+        if "segmentation" in record:
+            example["segmentation"] = np.asarray(record["segmentation"], np.uint8)
+        return example
 
 
 def _not_prepared(opts: DataOptions) -> DatasetNotPreparedError:
@@ -106,10 +118,14 @@ def _not_prepared(opts: DataOptions) -> DatasetNotPreparedError:
     )
 
 
+# The tfds datasets this package builds itself, with no download, when first opened.
+EMBEDDED = {digits.NAME: digits.SklearnDigits, **canvas.BUILDERS}
+
+
 def _tfds_builder(opts: DataOptions) -> tfds.core.DatasetBuilder:
-    """The builder of `opts.name`, prepared as array_record (digits: built here if missing)."""
-    if opts.name == digits.NAME:
-        digits.prepare_digits(opts.data_dir)
+    """The builder of `opts.name`, prepared as array_record (EMBEDDED: built here if missing)."""
+    if opts.name in EMBEDDED:
+        digits.prepare(EMBEDDED[opts.name], opts.data_dir)
     try:
         builder = tfds.builder(opts.name, data_dir=opts.data_dir)
     except tfds.core.registered.DatasetNotFoundError as error:
@@ -152,8 +168,8 @@ def _folder_indices(opts: DataOptions) -> dict[str, FolderIndex]:
     return {"train": train, "eval": held_out}
 
 
-def _tfds_sources(opts: DataOptions) -> tuple[dict[str, Sequence[dict]], tuple[str, ...], int]:
-    """The tfds dataset's {'train', 'eval'} sources, its class names and image channels."""
+def _tfds_sources(opts: DataOptions) -> tuple[dict[str, Sequence[dict]], DatasetInfo]:
+    """The tfds dataset's {'train', 'eval'} sources and its info."""
     builder = _tfds_builder(opts)
     splits = {"train": opts.train_split, "eval": opts.eval_split}
     for tfds_split in splits.values():
@@ -166,7 +182,25 @@ def _tfds_sources(opts: DataOptions) -> tuple[dict[str, Sequence[dict]], tuple[s
         }
     except NotImplementedError as error:  # Prepared, but only in another file format.
         raise _not_prepared(opts) from error
-    return sources, tuple(builder.info.features["label"].names), channels
+    features = builder.info.features
+    info = _info(sources, features["label"].names, channels, "segmentation" in features)
+    return sources, info
+
+
+def _info(
+    sources: dict[str, Sequence[dict]],
+    class_names: Sequence[str],
+    channels: int,
+    dense_labels: bool = False,
+) -> DatasetInfo:
+    return DatasetInfo(
+        num_classes=len(class_names),
+        num_train=len(sources["train"]),
+        num_eval=len(sources["eval"]),
+        channels=channels,
+        class_names=tuple(class_names),
+        dense_labels=dense_labels,
+    )
 
 
 def _wrap(source: Sequence[dict], opts: DataOptions) -> Sequence[dict]:
@@ -183,7 +217,8 @@ def _wrap(source: Sequence[dict], opts: DataOptions) -> Sequence[dict]:
 class Dataset:
     """An opened dataset: its `info` and the random-access sources of its two splits.
 
-    `train[i]` / `eval[i]` = {'image': uint8 [h, w, info.channels], 'label': int}. An unreadable
+    `train[i]` / `eval[i]` = {'image': uint8 [h, w, info.channels], 'label': int} (and, with
+    `info.dense_labels`, 'segmentation': uint8 [h, w] or [h, w, 1]). An unreadable
     image raises `UnreadableImageError` (bad_image='stop') or gives None (bad_image='skip').
     Opened once per run by `open_dataset` and shared by every loader and evaluation pass.
     """
@@ -207,17 +242,10 @@ def open_dataset(opts: DataOptions) -> Dataset:
     if opts.source == "folder":
         indices = _folder_indices(opts)
         raw = {split: ImageFolderSource(index) for split, index in indices.items()}
-        class_names, channels = indices["train"].classes, 3
+        info = _info(raw, indices["train"].classes, channels=3)
     else:
-        raw, class_names, channels = _tfds_sources(opts)
+        raw, info = _tfds_sources(opts)
     sources = {split: _wrap(source, opts) for split, source in raw.items()}
-    info = DatasetInfo(
-        num_classes=len(class_names),
-        num_train=len(sources["train"]),
-        num_eval=len(sources["eval"]),
-        channels=channels,
-        class_names=tuple(class_names),
-    )
     return Dataset(opts, info, sources["train"], sources["eval"])
 
 
@@ -225,9 +253,40 @@ def open_dataset(opts: DataOptions) -> Dataset:
 # Per-example preprocessing (runs in the workers).
 
 
+def transform_example(example: dict, box: Box, size: tuple[int, int], flip: bool) -> dict:
+    """Crops `box` from one example, resizes it to `size` = (H, W) and optionally mirrors it:
+    {'image': uint8 [h, w, c], 'label'} -> {'image': float32 [H, W, c] in [-1, 1], 'label':
+    int32}. An example with a 'segmentation' map [h, w] (or [h, w, 1]) gets the same crop,
+    nearest-neighbour resize and flip of it as its 'label': int32 [H, W]."""
+    image = crop_and_resize(example["image"], box, size)
+    if flip:
+        image = flip_left_right(image)
+    out = {"image": to_model_range(image), "label": np.int32(example["label"])}
+    if "segmentation" in example:
+        out["label"] = _label_map(example["segmentation"], example["image"].shape, box, size, flip)
+    return out
+
+
+def _label_map(segmentation: np.ndarray, image_shape, box: Box, size, flip: bool) -> np.ndarray:
+    """uint8 [h, w] or [h, w, 1] -> int32 [H, W]: cropped, resized (nearest) and flipped."""
+    classes = np.asarray(segmentation, np.uint8)
+    classes = classes[..., None] if classes.ndim == 2 else classes
+    if classes.shape != (*image_shape[:2], 1):
+        raise ValueError(
+            f"A 'segmentation' map of shape {segmentation.shape} goes with an image of shape "
+            f"{tuple(image_shape)}: it must be [h, w] or [h, w, 1], one class per pixel of the "
+            "image."
+        )
+    classes = crop_and_resize(classes, box, size, nearest=True)
+    if flip:
+        classes = flip_left_right(classes)
+    return classes[..., 0].astype(np.int32)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainPreprocess(grain.transforms.RandomMap):
-    """Augments one example: {'image': uint8 [h, w, c], 'label'} -> float32 [H, W, c], int32.
+    """Augments one example (`transform_example`): {'image': uint8 [h, w, c], 'label'} ->
+    float32 [H, W, c], int32 (or int32 [H, W] from a 'segmentation' map).
 
     'inception': random resized crop (area crop_area_min..1, aspect 3/4..4/3) to `size`;
     'resize': the whole image resized to `size`. Then an optional random horizontal flip.
@@ -239,43 +298,41 @@ class TrainPreprocess(grain.transforms.RandomMap):
     flip: bool
 
     def random_map(self, example: dict, rng: np.random.Generator) -> dict:
-        image = example["image"]
-        height, width = image.shape[:2]
+        height, width = example["image"].shape[:2]
         if self.augment == "inception":
             box = inception_crop_box(height, width, rng, area_range=(self.crop_area_min, 1.0))
         else:
             box = (0, 0, height, width)
-        image = crop_and_resize(image, box, self.size)
-        if self.flip and rng.random() < 0.5:
-            image = flip_left_right(image)
-        return {"image": to_model_range(image), "label": np.int32(example["label"])}
+        flip = bool(self.flip and rng.random() < 0.5)
+        return transform_example(example, box, self.size, flip)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalExample(grain.transforms.Map):
-    """Index -> evaluation example {'image': f32 [H, W, c], 'label': i32, 'mask': f32}.
+    """Index -> evaluation example {'image': f32 [H, W, c], 'label': i32, 'mask': f32} (with
+    `dense_labels`, 'label' i32 [H, W]), center-cropped (`transform_example`).
 
     Index -1 is padding and an unreadable image (None from `SkipUnreadable`) is dropped: both
-    give a zero image with mask 0, so every process still yields full, equally many batches.
+    give a zero image and label with mask 0, so every process still yields full, equally many
+    batches.
     """
 
     source: Sequence[dict]
     size: tuple[int, int]
     channels: int
     crop_fraction: float
+    dense_labels: bool = False
 
     def map(self, index: int) -> dict:
         example = self.source[index] if index >= 0 else None
         if example is None:
             return {
                 "image": np.zeros((*self.size, self.channels), np.float32),
-                "label": np.int32(0),
+                "label": np.zeros(self.size, np.int32) if self.dense_labels else np.int32(0),
                 "mask": np.float32(0),
             }
-        image = example["image"]
-        box = center_crop_box(*image.shape[:2], self.crop_fraction)
-        image = to_model_range(crop_and_resize(image, box, self.size))
-        return {"image": image, "label": np.int32(example["label"]), "mask": np.float32(1)}
+        box = center_crop_box(*example["image"].shape[:2], self.crop_fraction)
+        return {**transform_example(example, box, self.size, flip=False), "mask": np.float32(1)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,10 +373,10 @@ def _prefetch(ds: grain.IterDataset, opts: DataOptions) -> grain.IterDataset:
 
 @dataclasses.dataclass(frozen=True)
 class ProcessBatch(grain.transforms.Map):
-    """Step t -> this process's rows of the global batch of step t, stacked: {'image':
-    [b, H, W, C], 'label': [b]}. Process i of a run with global batch B and b = B / processes
-    takes the examples at global positions t*B + i*b ... t*B + (i+1)*b - 1 of `stream`. A
-    skipped (None) example is replaced by the first readable one of those rows."""
+    """Step t -> this process's rows of the global batch of step t, stacked: {'image': [b, H, W, C],
+    'label': [b] or [b, H, W]}. Process i of a run with global batch B and b = B / processes takes
+    the examples at global positions t*B + i*b ... t*B + (i+1)*b - 1 of `stream`. A skipped (None)
+    example is replaced by the first readable one of those rows."""
 
     stream: grain.MapDataset
     global_batch_size: int
@@ -348,18 +405,17 @@ def train_loader(
     """The infinite, shuffled, augmented training stream of this process, from step
     `start_step`, over the opened `dataset`'s train split.
 
-    `iter()` of the result yields {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]}
-    with b = global_batch_size // process count. The global batch of step t depends on the seed
-    and t only: one stream over the whole split, reshuffled every epoch with the seed, each
-    example augmented with a key of the seed and its position in the stream; process i takes
-    rows [i*b, (i+1)*b) of every global batch (`shard` defaults to `ShardByJaxProcess`; pass
-    `ShardOptions` to simulate processes). So runs on any topology (1 process x 8 devices,
-    2 x 4, ...) see the same examples in the same order, and a run resumed at step t, on any
-    topology and with any number of workers, continues with exactly the batches an
-    uninterrupted one would have seen. Batches run across epoch boundaries, so none is
-    partial. With bad_image='skip', a skipped example is replaced by the first readable one of
-    the process's rows. Call the iterator's `close()` to stop its threads or worker processes
-    early.
+    `iter()` of the result yields {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]
+    (int32 [b, H, W] with `info.dense_labels`)} with b = global_batch_size // process count. The
+    global batch of step t depends on the seed and t only: one stream over the whole split,
+    reshuffled every epoch with the seed, each example augmented with a key of the seed and its
+    position in the stream; process i takes rows [i*b, (i+1)*b) of every global batch (`shard`
+    defaults to `ShardByJaxProcess`; pass `ShardOptions` to simulate processes). So runs on any
+    topology (1 process x 8 devices, 2 x 4, ...) see the same examples in the same order, and a run
+    resumed at step t, on any topology and with any number of workers, continues with exactly the
+    batches an uninterrupted one would have seen. Batches run across epoch boundaries, so none is
+    partial. With bad_image='skip', a skipped example is replaced by the first readable one of the
+    process's rows. Call the iterator's `close()` to stop its threads or worker processes early.
     """
     opts = dataset.options
     shard, batch_size = _per_process_batch(global_batch_size, shard)
@@ -393,10 +449,11 @@ def eval_batches(
     """One pass over the opened `dataset`'s `split` ('eval' or 'train'): every example exactly
     once across processes. Nothing is re-opened or re-decoded (each call is a new pass).
 
-    Yields {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b], 'mask': float32 [b]}
-    with b = global_batch_size // process count. The last batches are padded (mask 0, zero
-    image, label 0) and every process yields the same number of batches, so collective metric
-    reductions line up. Images are center-cropped (eval_crop_fraction) and resized.
+    Yields {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b] (int32 [b, H, W] with
+    `info.dense_labels`), 'mask': float32 [b]} with b = global_batch_size // process count. The last
+    batches are padded (mask 0, zero image, label 0) and every process yields the same number of
+    batches, so collective metric reductions line up. Images are center-cropped (eval_crop_fraction)
+    and resized.
     """
     opts = dataset.options
     shard, batch_size = _per_process_batch(global_batch_size, shard)
@@ -410,7 +467,13 @@ def eval_batches(
     per_process = -(-len(source) // shard.shard_count)  # Largest shard, rounded up to batches:
     num_batches = -(-per_process // batch_size)  # the same for every process.
     indices += [-1] * (num_batches * batch_size - len(indices))
-    example = EvalExample(source, tuple(image_size), dataset.info.channels, opts.eval_crop_fraction)
+    example = EvalExample(
+        source,
+        tuple(image_size),
+        dataset.info.channels,
+        opts.eval_crop_fraction,
+        dataset.info.dense_labels,
+    )
     # Batching the MapDataset keeps whole batches together when workers split the stream.
     ds = grain.MapDataset.source(indices).map(example).batch(batch_size)
     return _closing(iter(_prefetch(ds.to_iter_dataset(_read_options(opts)), opts)))

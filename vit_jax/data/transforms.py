@@ -81,11 +81,14 @@ def center_crop_box(height: int, width: int, fraction: float) -> Box:
     return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
 
 
-def crop_and_resize(image: np.ndarray, box: Box, size: tuple[int, int]) -> np.ndarray:
+def crop_and_resize(
+    image: np.ndarray, box: Box, size: tuple[int, int], *, nearest: bool = False
+) -> np.ndarray:
     """Crops `box` from uint8 `[h, w, c]` and resizes it to `size` = (H, W): uint8 `[H, W, c]`.
 
-    Bilinear; Pillow widens the filter when shrinking, so downsampling is antialiased. Cropping
-    and resizing in one call avoids copying the crop.
+    Bilinear; Pillow widens the filter when shrinking, so downsampling is antialiased. With
+    `nearest`, each output pixel takes the value of the source pixel under its centre (for
+    class maps: no value is blended). Cropping and resizing in one call avoids copying the crop.
     """
     top, left, crop_h, crop_w = box
     if (crop_h, crop_w) == tuple(size) == image.shape[:2]:
@@ -94,7 +97,7 @@ def crop_and_resize(image: np.ndarray, box: Box, size: tuple[int, int]) -> np.nd
     pil = Image.fromarray(image[..., 0] if channels == 1 else image)
     out = pil.resize(
         (size[1], size[0]),  # Pillow sizes are (width, height).
-        resample=Image.Resampling.BILINEAR,
+        resample=Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR,
         box=(left, top, left + crop_w, top + crop_h),
     )
     array = np.asarray(out)
