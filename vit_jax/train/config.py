@@ -205,8 +205,9 @@ class Settings:
 def validate(config: ml_collections.ConfigDict) -> Settings:
     """Checks every field of every section once, before anything is read or compiled: unknown
     fields (with a did-you-mean), types, choices and ranges, then the rules across fields (the
-    batch splits over devices x grad_accum_steps; no unpooled classifier in training). Raises
-    one ValueError naming the field."""
+    batch splits over devices x grad_accum_steps). Raises one ValueError naming the field. The
+    rules that need the dataset (its class count, whether its labels are per pixel) are
+    checked by `with_dataset`."""
     config = config.copy_and_resolve_references()
     train = _train_options(config)
     if train.init_from:
@@ -240,7 +241,8 @@ def _check_parallel(train: TrainOptions, mesh: MeshOptions) -> None:
 
 def with_dataset(settings: Settings, info: DatasetInfo) -> Settings:
     """Fills what the dataset decides: model.num_classes (if unset) and total_steps (from
-    num_epochs); checks the class count against the dataset and builds the model."""
+    num_epochs); checks the class count and the classifier against the dataset (per-pixel
+    labels train a per-patch classifier, 'unpooled', and only those do) and builds the model."""
     config = settings.config.copy_and_resolve_references()
     with config.unlocked():
         if config.model.get("num_classes") is None:
@@ -256,8 +258,26 @@ def with_dataset(settings: Settings, info: DatasetInfo) -> Settings:
         )
     train = _train_options(config)
     model = _build_model(config.model)
+    _check_labels(model, info, settings.data.name)
     config.lock()
     return dataclasses.replace(settings, config=config, train=train, model=model)
+
+
+def _check_labels(model: VisionTransformer, info: DatasetInfo, name: str) -> None:
+    """A dataset with per-pixel labels needs per-patch logits (classifier='unpooled'); one
+    label per image needs pooled logits."""
+    if info.dense_labels and model.classifier != "unpooled":
+        raise ValueError(
+            f"dataset {name!r} has a label per pixel, which model.classifier="
+            f"{model.classifier!r} (one prediction per image) cannot train on: use "
+            "--config.model.classifier=unpooled (a prediction per patch)."
+        )
+    if not info.dense_labels and model.classifier == "unpooled":
+        raise ValueError(
+            "model.classifier='unpooled' gives per-token logits, which a classification run "
+            f"(dataset {name!r}: one label per image) cannot train on: use 'token', 'gap' or "
+            "'map', or a dataset with per-pixel labels such as 'digits_segmentation'."
+        )
 
 
 def _section(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
@@ -274,17 +294,11 @@ def _train_options(config: Mapping[str, Any]) -> TrainOptions:
 
 def _build_model(model_cfg: Mapping[str, Any]) -> VisionTransformer:
     """The model of a model section (an unset num_classes stands in as 1, to check the other
-    fields before the dataset decides it); refuses a classifier that cannot be trained."""
+    fields before the dataset decides it)."""
     fields = dict(model_cfg)
     if fields.get("num_classes") is None:
         fields["num_classes"] = 1
-    model = models.build(fields)
-    if model.classifier == "unpooled":
-        raise ValueError(
-            "model.classifier='unpooled' gives per-token logits, which a classification run "
-            "cannot train on: use 'token', 'gap' or 'map' (unpooled is for feature extraction)."
-        )
-    return model
+    return models.build(fields)
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:

@@ -34,7 +34,7 @@ from vit_jax.train.parallel import to_host
 from vit_jax.train.profiling import StepProfiler
 from vit_jax.train.reporting import PendingMetrics, Reporter, format_duration
 from vit_jax.train.state import create_state, init_params
-from vit_jax.train.step import make_eval_step, make_train_step
+from vit_jax.train.step import make_eval_step, make_train_step, mean_iou
 from vit_jax.train.stopping import DivergedError, StopSignals, deadline, writing
 
 
@@ -71,7 +71,8 @@ def evaluate(
 ) -> dict:
     """Accuracy and mean loss of `model` with `params` over every example of the opened
     `dataset`'s eval split (the last batch padded and masked, nothing dropped), as
-    {"accuracy", "loss", "num_examples"}. `batch_size` is global.
+    {"accuracy", "loss", "num_examples"}. `batch_size` is global. A per-patch model (on
+    per-pixel labels) is scored per patch and adds "miou" (`eval_metrics`).
 
     `par` (default: jit over every device) places the parameters and batches; `eval_step`, an
     eval step that `par` compiled for parameters already placed (the training loop passes its
@@ -85,18 +86,28 @@ def evaluate(
         shardings = par.state_shardings(params)
         params = par.put_state(params)
         eval_step = par.compile_eval(make_eval_step(model, axis_name=par.axis_name), shardings)
-    totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
+    totals = {}
     batches = data.eval_batches(dataset, image_size=model.image_size, global_batch_size=batch_size)
     for batch in batches:
         sums = eval_step(params, par.put_batch(batch))
-        for k in totals:
-            totals[k] += float(par.metric(sums[k]))
-    count = max(totals["count"], 1.0)
-    return {
-        "accuracy": totals["correct"] / count,
-        "loss": totals["loss"] / count,
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + np.asarray(par.metric(v), np.float64)
+    return eval_metrics(totals)
+
+
+def eval_metrics(totals: dict) -> dict:
+    """The eval step's sums over a split (`make_eval_step`) -> {"accuracy", "loss",
+    "num_examples"}: means over the images, or over their patches where the sums count them
+    ("patches"), then with "miou", the mean IoU of their confusion matrix (`mean_iou`)."""
+    scored = max(float(totals.get("patches", totals["count"])), 1.0)
+    metrics = {
+        "accuracy": float(totals["correct"]) / scored,
+        "loss": float(totals["loss"]) / scored,
         "num_examples": int(totals["count"]),
     }
+    if "confusion" in totals:
+        metrics["miou"] = mean_iou(totals["confusion"])
+    return metrics
 
 
 def initial_params(settings: Settings, rng, channels: int, sharding):

@@ -6,7 +6,8 @@ metrics.jsonl has one JSON object per line:
           (share of the time spent waiting for batches)}; the first record after a (re)start
           adds "compile_seconds" (the first step, compilation included, timed apart: img/s
           starts after it, so a record of that step alone has no img_per_sec or mfu)
-  eval:  {"step", "split", "accuracy", "loss", "num_examples"}
+  eval:  {"step", "split", "accuracy", "loss", "num_examples"}, and "miou" (mean IoU) for a
+         model scored per patch (accuracy and loss are then per patch)
 A non-finite value is written as the string "nan", "inf" or "-inf" (bare NaN is not JSON).
 Only process 0 writes; every process may call the methods. A resumed run first drops the
 records of steps after its checkpoint (the interrupted run got further than it saved) and a
@@ -194,7 +195,15 @@ class Reporter:
             flush=True,
         )
 
-    def eval(self, step: int, split: str, accuracy: float, loss: float, num_examples: int) -> None:
+    def eval(
+        self,
+        step: int,
+        split: str,
+        accuracy: float,
+        loss: float,
+        num_examples: int,
+        miou: float | None = None,
+    ) -> None:
         if not self.enabled or (step, split) in self._evaluated:
             return
         self._evaluated.add((step, split))
@@ -205,9 +214,12 @@ class Reporter:
             "loss": loss,
             "num_examples": num_examples,
         }
+        if miou is not None:
+            record["miou"] = miou
         self._write(record, f"eval_{split}")
+        miou_text = "" if miou is None else f" | mIoU {miou:.4f}"
         print(
-            f"eval  {step:>6} | {split}: accuracy {accuracy:.4f} | loss {loss:.4f} | "
+            f"eval  {step:>6} | {split}: accuracy {accuracy:.4f}{miou_text} | loss {loss:.4f} | "
             f"{num_examples} examples",
             flush=True,
         )

@@ -6,6 +6,9 @@ options. Under pmap the caller passes `axis_name`, and gradients and metrics are
 devices; under jit over a mesh XLA inserts the same all-reduce on its own.
 
 Batches: {"image": float32 [B, H, W, C] in [-1, 1], "label": int32 [B]} (+ "mask" [B] at eval).
+A model with classifier="unpooled" (logits [B, N, K], one per patch) trains on per-pixel labels
+int32 [B, H, W] instead: each patch's target is the share of its pixels of each class
+(`patch_targets`), its accuracy is judged against the class of most of its pixels.
 """
 
 from __future__ import annotations
@@ -14,25 +17,80 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
-def check_batch(batch: dict) -> None:
+def per_patch(model: nn.Module) -> bool:
+    """Whether `model` predicts a class per patch (classifier="unpooled": logits [B, N, K]),
+    and so trains on per-pixel labels [B, H, W]."""
+    return model.classifier == "unpooled"
+
+
+def check_batch(batch: dict, dense_labels: bool = False) -> None:
     """Checks a batch's shapes when the step is traced (free at run time): "image" [B, H, W, C],
-    and "label" and any "mask" [B]."""
+    "label" [B] (`dense_labels`: [B, H, W], a class per pixel) and any "mask" [B]."""
     chex.assert_rank(batch["image"], 4)
-    chex.assert_shape([v for k, v in batch.items() if k != "image"], batch["image"].shape[:1])
+    b, h, w = batch["image"].shape[:3]
+    chex.assert_shape(batch["label"], (b, h, w) if dense_labels else (b,))
+    chex.assert_shape([v for k, v in batch.items() if k not in ("image", "label")], (b,))
+
+
+def smooth(targets: jax.Array, label_smoothing: float) -> jax.Array:
+    """Label smoothing of targets [..., K]: mixed with the uniform distribution."""
+    return targets * (1.0 - label_smoothing) + label_smoothing / targets.shape[-1]
 
 
 def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float) -> jax.Array:
     """int labels [B] -> smoothed one-hot targets [B, K]."""
-    onehot = jax.nn.one_hot(labels, num_classes)
-    return onehot * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return smooth(jax.nn.one_hot(labels, num_classes), label_smoothing)
+
+
+def patch_targets(label_map: jax.Array, patch_size: tuple[int, int], num_classes: int) -> jax.Array:
+    """Per-pixel classes int [B, H, W] -> each patch's class shares [B, N, K]: the fraction of
+    its (ph x pw) pixels of each class. N = (H / ph) (W / pw) patches in row-major order, the
+    order of the model's patch tokens."""
+    b, h, w = label_map.shape
+    ph, pw = patch_size
+    onehot = jax.nn.one_hot(label_map, num_classes)
+    shares = onehot.reshape(b, h // ph, ph, w // pw, pw, num_classes).mean(axis=(2, 4))
+    return shares.reshape(b, (h // ph) * (w // pw), num_classes)
+
+
+def targets_and_classes(
+    labels: jax.Array, model: nn.Module, label_smoothing: float
+) -> tuple[jax.Array, jax.Array]:
+    """What the loss and the accuracy compare the logits with: labels [B] -> smoothed one-hot
+    targets [B, K] and the labels; per-pixel labels [B, H, W] (a per-patch model) -> smoothed
+    `patch_targets` [B, N, K] and each patch's majority class [B, N] (ties: the lower class)."""
+    if not per_patch(model):
+        return soft_targets(labels, model.num_classes, label_smoothing), labels
+    shares = patch_targets(labels, model.patch_size, model.num_classes)
+    return smooth(shares, label_smoothing), jnp.argmax(shares, -1)
+
+
+def confusion_matrix(
+    classes: jax.Array, predictions: jax.Array, weights: jax.Array, num_classes: int
+) -> jax.Array:
+    """[K, K] sums of `weights` of the predictions (any shape, with `classes` and `weights`
+    alike): row = true class, column = predicted class."""
+    true = jax.nn.one_hot(classes, num_classes) * weights[..., None]
+    return jnp.einsum("...k,...l->kl", true, jax.nn.one_hot(predictions, num_classes))
+
+
+def mean_iou(confusion: np.ndarray) -> float:
+    """Mean intersection over union of a confusion matrix [K, K] (rows: true, columns:
+    predicted), over the classes present (in the labels or the predictions); 0 if none is."""
+    confusion = np.asarray(confusion, np.float64)
+    intersection = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    present = union > 0
+    return float(np.mean(intersection[present] / union[present])) if present.any() else 0.0
 
 
 def mixup(images: jax.Array, targets: jax.Array, rng: jax.Array, alpha: float):
     """Mixes each example with its neighbour in the batch (big_vision's roll), one λ ~ Beta(α, α)
-    per batch. Returns mixed images [B, H, W, C] and targets [B, K]."""
+    per batch. Returns mixed images [B, H, W, C] and targets [B, K] (or per patch [B, N, K])."""
     lam = jax.random.beta(rng, alpha, alpha)
     lam = jnp.maximum(lam, 1.0 - lam)  # the original image stays the dominant one
     mix = lambda x: lam * x + (1.0 - lam) * jnp.roll(x, 1, axis=0)
@@ -92,23 +150,24 @@ def make_train_step(
     parameters and optimizer state as they were (decided inside the compiled step: no host
     sync); its `finite` metric is False. Metrics: loss (mean cross-entropy on the possibly mixed
     targets), accuracy (argmax against the true labels), grad_norm (global norm before
-    clipping), learning_rate, finite.
+    clipping), learning_rate, finite. A per-patch model (`per_patch`) takes per-pixel labels
+    [B, H, W]: loss and accuracy are means over patches and examples (`targets_and_classes`).
     """
 
     def loss_fn(params, images, labels, rng):
         mix_rng, dropout_rng = jax.random.split(rng)
-        targets = soft_targets(labels, model.num_classes, label_smoothing)
+        targets, classes = targets_and_classes(labels, model, label_smoothing)
         if mixup_alpha > 0:
             images, targets = mixup(images, targets, mix_rng, mixup_alpha)
         logits = model.apply({"params": params}, images, train=True, rngs={"dropout": dropout_rng})
         loss = optax.softmax_cross_entropy(logits, targets).mean()
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == classes)
         return loss, accuracy
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
-        check_batch(batch)
+        check_batch(batch, per_patch(model))
         rng = jax.random.fold_in(state["rng"], state["step"])
         if axis_name is not None:  # different dropout masks on each device's shard
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
@@ -137,18 +196,27 @@ def make_train_step(
 
 def make_eval_step(model: nn.Module, *, axis_name: str | None = None):
     """Builds eval_step(params, batch) -> sums over the real (mask == 1) examples:
-    {"correct", "loss", "count"}; padding rows count for nothing."""
+    {"correct", "loss", "count"}; padding rows count for nothing. A per-patch model
+    (`per_patch`) sums "correct" and "loss" (against `patch_targets`) over the patches of the
+    real examples, and adds their number, "patches", and their "confusion" [K, K] of majority
+    class (rows) against predicted class (`confusion_matrix`); "count" stays images."""
+    dense = per_patch(model)
 
     def eval_step(params: dict, batch: dict) -> dict:
-        check_batch(batch)
+        check_batch(batch, dense)
         logits = model.apply({"params": params}, batch["image"])
+        targets, classes = targets_and_classes(batch["label"], model, 0.0)
         mask = batch["mask"]
-        labels = jax.nn.one_hot(batch["label"], model.num_classes)
+        weights = jnp.broadcast_to(mask[:, None], classes.shape) if dense else mask
+        predictions = jnp.argmax(logits, -1)
         sums = {
-            "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
-            "loss": jnp.sum(optax.softmax_cross_entropy(logits, labels) * mask),
+            "correct": jnp.sum((predictions == classes) * weights),
+            "loss": jnp.sum(optax.softmax_cross_entropy(logits, targets) * weights),
             "count": jnp.sum(mask),
         }
+        if dense:
+            sums["patches"] = jnp.sum(weights)
+            sums["confusion"] = confusion_matrix(classes, predictions, weights, model.num_classes)
         if axis_name is not None:
             sums = jax.lax.psum(sums, axis_name)
         return sums
@@ -160,8 +228,14 @@ __all__ = [
     "accumulated_grads",
     "apply_if",
     "check_batch",
+    "confusion_matrix",
     "make_eval_step",
     "make_train_step",
+    "mean_iou",
     "mixup",
+    "patch_targets",
+    "per_patch",
+    "smooth",
     "soft_targets",
+    "targets_and_classes",
 ]
