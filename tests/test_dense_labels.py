@@ -14,11 +14,7 @@ from vit_jax.data import canvas, digits, pipeline
 from vit_jax.train import parallel
 from vit_jax.train.config import base_config, model_config, validate, with_dataset
 from vit_jax.train.loop import evaluate, train_and_evaluate
-from vit_jax.train.step import (
-    mean_iou,
-    patch_targets,
-    targets_and_classes,
-)
+from vit_jax.train.step import mean_iou, patch_targets, targets_and_classes
 
 NAMES = (canvas.NAME_POSITION, canvas.NAME_SEGMENTATION)
 
