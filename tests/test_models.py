@@ -13,6 +13,7 @@ from tests.conftest import SMALL, random_params
 from vit_jax import models
 from vit_jax.models import patch_embed, posemb
 from vit_jax.models.posemb import relative, rope
+from vit_jax.models.posemb.base import grid_coordinates
 
 POSEMBS = [*models.POSEMBS, "learned+rope_axial", "sincos2d+relative"]
 
@@ -135,7 +136,7 @@ def test_attention_logit_depends_only_on_2d_offset(name):
 
 def test_rotation_keeps_norms_and_skips_class_token():
     x = jax.random.normal(jax.random.key(0), (2, 1 + 12, 3, 8))
-    angles = rope.axial_angles((3, 4), 8, 100.0)
+    angles = rope.axial_angles(grid_coordinates((3, 4)), 8, 100.0)
     y = rope.rotate(x, jnp.asarray(angles), num_prefix_tokens=1)
     np.testing.assert_array_equal(y[:, 0], x[:, 0])
     np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)

@@ -28,7 +28,8 @@ def add(module: nn.Module, position: Position, x: jax.Array) -> jax.Array:
     return add_to_patches(x, jnp.repeat(table, w, axis=0), position.num_prefix_tokens)
 
 
-def resize(value, old: Layout, new: Layout, *, method: str, antialias: bool) -> jax.Array:
+def resize(value, old: Layout, new: Layout, *, method: str, antialias: bool, mode: str):
+    # A learned table only resamples, whatever posemb_mode says.
     return resize_grid(value, (new.grid[0],), method, antialias)
 
 

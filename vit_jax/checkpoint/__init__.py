@@ -7,6 +7,7 @@ adaptation of stored parameters to a model of another resolution, patch size or 
     params, meta = load_params("ViT-B_16.npz")                         # as stored, numpy
     export_npz("model.npz", params, config={"model": config.model.to_dict()})
     resize_posemb(posemb, (24, 24), num_prefix_tokens=1)               # [1, 1 + 14*14, D] -> ...
+    model = with_trained_grid(model, "workdir/checkpoints")  # posemb_grid = the trained grid
 """
 
 from vit_jax.checkpoint.adapt import adapt_params
@@ -17,7 +18,14 @@ from vit_jax.checkpoint.orbax_params import save_orbax_params
 from vit_jax.checkpoint.pretrained import Checkpoint, open_checkpoint, pretrained
 from vit_jax.checkpoint.published import PUBLISHED
 from vit_jax.checkpoint.report import Report
-from vit_jax.checkpoint.restore import checkpoint_shapes, load_params, locate, restore_into
+from vit_jax.checkpoint.restore import (
+    checkpoint_shapes,
+    load_params,
+    locate,
+    restore_into,
+    trained_grid,
+    with_trained_grid,
+)
 from vit_jax.models.posemb import resize_posemb
 
 __all__ = [
@@ -37,4 +45,6 @@ __all__ = [
     "resize_posemb",
     "restore_into",
     "save_orbax_params",
+    "trained_grid",
+    "with_trained_grid",
 ]

@@ -12,9 +12,11 @@ Two steps, so that a checkpoint that cannot fit fails before anything is read or
    (per-block or scanned); `plan.report` is the table that `restore_into` prints (report.py).
 
 Position parameters are adapted by their variant's rule, found by parameter name in
-`vit_jax.models.posemb.param_rule`; the patch kernel by `patch_embed.resize_kernel`. This
-module only adds what no single variant owns: the class token, the head and pre-logits, the
-MAP head, and the plan itself.
+`vit_jax.models.posemb.param_rule`, with the model's `posemb_mode` (a relative bias table is
+resized, or with "extrapolate" clamped to its trained offsets; a model with
+`dynamic_image_size` adapts its tables to each input through the same rules); the patch
+kernel by `patch_embed.resize_kernel`. This module only adds what no single variant owns: the
+class token, the head and pre-logits, the MAP head, and the plan itself.
 """
 
 from __future__ import annotations
@@ -159,8 +161,10 @@ def _grid_param(ctx: _Context, key: str, rule: ParamRule) -> tuple[Entry, Builde
     if old == new:
         return _as_is(key, stored)
     notes = []
+    mode = ctx.model.posemb_mode
     if old.grid != new.grid:
-        notes.append(f"grid {_grid(old.grid)} → {_grid(new.grid)}, {ctx.method}")
+        how = "offsets clamped" if rule.extrapolates and mode == "extrapolate" else ctx.method
+        notes.append(f"grid {_grid(old.grid)} → {_grid(new.grid)}, {how}")
     if old.num_prefix_tokens > new.num_prefix_tokens:
         notes.append(
             "class-token rows " + ("folded into cls" if paths.CLS in ctx.target else "dropped")
@@ -169,7 +173,10 @@ def _grid_param(ctx: _Context, key: str, rule: ParamRule) -> tuple[Entry, Builde
         notes.append("class-token rows added as zeros")
     action = RESIZED if old.grid != new.grid else CONVERTED
     entry = Entry(key, action, stored, ctx.target[key], "; ".join(notes))
-    return entry, _apply(rule.resize, key, old, new, method=ctx.method, antialias=ctx.antialias)
+    builder = _apply(
+        rule.resize, key, old, new, method=ctx.method, antialias=ctx.antialias, mode=mode
+    )
+    return entry, builder
 
 
 def _add_class_position(cls: np.ndarray, posemb_table: np.ndarray) -> np.ndarray:
@@ -267,8 +274,8 @@ def plan(
     model: VisionTransformer,
     *,
     keep_pre_logits: bool = False,
-    method: str = "cubic",
-    antialias: bool = True,
+    method: str = resize.DEFAULT_METHOD,
+    antialias: bool = resize.DEFAULT_ANTIALIAS,
     channels: int | None = None,
     old_grid: tuple[int, int] | None = None,
 ) -> Plan:
@@ -278,7 +285,8 @@ def plan(
 
     keep_pre_logits: when the head is re-initialised (new class count), keep the stored
       pre_logits layer instead of re-initialising it; the model must then have one.
-    method, antialias: grid resize of position embeddings and bias tables (models/resize.py).
+    method, antialias: grid resize of position embeddings and bias tables (models/resize.py);
+      how they move (resized, or a bias table clamped) is the model's `posemb_mode`.
     channels: image channels of the model input (default: the checkpoint's).
     old_grid: the checkpoint's patch grid, if neither its config nor its shapes tell it (shapes
       tell a square grid, or the model's own grid when they fit it).

@@ -25,6 +25,9 @@ class Architecture:
     """A stored ViT as far as its parameters (and config, if any) tell.
 
     grid: patch grid (h, w); None if neither the config nor the shapes tell it.
+    posemb_grid: the reference grid of its position embedding, the grid it was first trained on:
+      the stored config's `posemb_grid`, else `grid` (a fine-tuned run whose config remembers
+      the original grid gives that one).
     num_prefix_tokens: class-token rows of each stored grid parameter, by leaf name
       (e.g. {"pos_embedding": 1}: the official layout with a class slot; 0: big_vision's).
     posemb: the model's posemb string when a config says, else what parameters show
@@ -38,6 +41,7 @@ class Architecture:
     patch_size: tuple[int, int]
     channels: int
     grid: Grid | None
+    posemb_grid: Grid | None
     posemb: str
     num_prefix_tokens: dict[str, int]
     classifier: str
@@ -70,6 +74,8 @@ class Architecture:
         if self.representation_size:
             parts.append(f"pre_logits {self.representation_size}")
         parts.append(f"grid {self.grid[0]}x{self.grid[1]}" if self.grid else "grid unknown")
+        if self.posemb_grid and self.posemb_grid != self.grid:
+            parts.append(f"posemb trained at {self.posemb_grid[0]}x{self.posemb_grid[1]}")
         return ", ".join(parts)
 
 
@@ -136,6 +142,7 @@ def infer(
         patch_size=(ph, pw),
         channels=channels,
         grid=grid,
+        posemb_grid=(model.posemb_grid if model else None) or grid,
         posemb=model.posemb if model else _posemb_from_shapes(flat),
         num_prefix_tokens=prefixes,
         classifier=model.classifier if model else _classifier(flat),

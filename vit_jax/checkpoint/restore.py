@@ -14,13 +14,14 @@ import os
 import jax
 import numpy as np
 
-from vit_jax.checkpoint import adapt, download, published
+from vit_jax.checkpoint import adapt, architecture, download, published
 from vit_jax.checkpoint.errors import UnreadableCheckpointError
 from vit_jax.checkpoint.flax_msgpack import load_msgpack, read_msgpack_shapes
 from vit_jax.checkpoint.npz import load_npz, read_npz_shapes
 from vit_jax.checkpoint.orbax_params import load_orbax_params, read_orbax_shapes
 from vit_jax.checkpoint.report import Report
 from vit_jax.models import VisionTransformer, paths
+from vit_jax.models.resize import DEFAULT_ANTIALIAS, DEFAULT_METHOD
 
 # Each format's readers: (shapes and metadata only, parameters and metadata).
 _READERS = {
@@ -66,6 +67,34 @@ def checkpoint_shapes(path: str | os.PathLike) -> tuple[dict, dict]:
     return _READERS[_format(path)][0](path)
 
 
+def trained_grid(path: str | os.PathLike) -> tuple[int, int] | None:
+    """The reference grid of the position embedding of the checkpoint at `path`: the patch grid
+    (h, w) it was first trained on, i.e. its stored config's model.posemb_grid, else its own
+    grid (a checkpoint without position parameters gives its grid too: harmless). From shapes
+    and metadata only, no array read; None if neither the config nor the shapes tell it."""
+    return _reference_grid(path, likely_grid=None)
+
+
+def _reference_grid(path, likely_grid: tuple[int, int] | None) -> tuple[int, int] | None:
+    """`trained_grid`, the stored grid guessed as `adapt.plan` does for a model on
+    `likely_grid` when the shapes allow several."""
+    shapes, meta = checkpoint_shapes(path)
+    arch = architecture.infer(adapt.per_block_shapes(shapes), meta, likely_grid=likely_grid)
+    return None if arch.posemb_grid is None else tuple(arch.posemb_grid)
+
+
+def with_trained_grid(model: VisionTransformer, path: str | os.PathLike) -> VisionTransformer:
+    """`model` with posemb_grid set to the checkpoint's reference grid (`trained_grid`), so that
+    its position embeddings interpolate or extrapolate from the grid they were trained on, when
+    model.posemb_grid is unset and that grid is not model.grid; else `model` unchanged."""
+    if model.posemb_grid is not None:
+        return model
+    grid = _reference_grid(path, likely_grid=model.grid)
+    if grid is None or grid == model.grid:
+        return model
+    return model.clone(posemb_grid=grid)
+
+
 def load_params(path: str | os.PathLike) -> tuple[dict, dict]:
     """(params, meta): the stored parameters as nested host numpy arrays in this package's names
     (per-block or scanned, as stored) and the metadata of `checkpoint_shapes`."""
@@ -90,8 +119,8 @@ def restore_into(
     rng: jax.Array,
     *,
     keep_pre_logits: bool = False,
-    method: str = "cubic",
-    antialias: bool = True,
+    method: str = DEFAULT_METHOD,
+    antialias: bool = DEFAULT_ANTIALIAS,
     channels: int | None = None,
     old_grid: tuple[int, int] | None = None,
     sharding: jax.sharding.Sharding | None = None,
@@ -101,7 +130,8 @@ def restore_into(
 
     The stored shapes are checked against the model first (a checkpoint of another architecture
     raises CheckpointMismatchError before anything is read); then the parameters are read,
-    adapted (position embeddings and bias tables resized to the model's grid, the patch kernel to
+    adapted (position embeddings and bias tables moved to the model's grid as its posemb_mode
+    says: resized, or a bias table clamped with "extrapolate"; the patch kernel to
     its patch size, the head re-initialised from `rng` if the class count differs, per-block <->
     scanned layout) and put on `sharding` (default: the default device).
     Prints the report table unless verbose=False. Options: see `adapt.plan`. `path`: a path,

@@ -1,6 +1,6 @@
 """Resampling of parameter grids: the one resize that every adaptation to a new grid goes through.
 
-Position embeddings (posemb.py), relative-bias tables (relpos.py) and patch-embedding kernels
+Position embeddings (posemb/), relative-bias tables (posemb/relative.py) and patch-embedding kernels
 (patch_embed.py) are all arrays whose leading axes are a spatial grid; `resize_grid` resamples
 those axes. Methods and the PyTorch/timm resizes they reproduce (half-pixel centres):
 
@@ -24,6 +24,8 @@ from vit_jax.options import unknown_choice
 
 JAX_METHODS = ("nearest", "linear", "cubic", "lanczos3", "lanczos5")
 RESIZE_METHODS = (*JAX_METHODS, "cubic-pytorch")
+# What restore resamples grids with unless told otherwise (timm's default).
+DEFAULT_METHOD, DEFAULT_ANTIALIAS = "cubic", True
 _PYTORCH_CUBIC_A = -0.75
 
 

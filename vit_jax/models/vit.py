@@ -12,6 +12,13 @@ Parameter names match the official ViT checkpoints (including the pre-Linen bloc
 LayerNorm_0 / MultiHeadDotProductAttention_1 / LayerNorm_2 / MlpBlock_3), so published `.npz`
 files map one to one onto the default model.
 
+Image sizes: a model takes images of its `image_size`; with `dynamic_image_size=True`, of any
+size of whole patches. Its parameters keep the shapes of `image_size` and each position
+embedding is adapted to the input's patch grid on the fly, by the function (and `posemb_mode`)
+a restore at that size applies (posemb/base.py): the logits are those of the model built for
+that size, with the same `posemb_grid` (reference grid) and `posemb_mode`, restored from these
+parameters.
+
 Inspection: apply with `mutable=["intermediates"]` to get every layer's `attention_weights`,
 `attention_logits` [B, heads, N, N] and output `tokens` [B, N, D] (see models/inspect.py).
 """
@@ -31,7 +38,7 @@ from vit_jax.models import paths, precision
 from vit_jax.models import posemb as posembs
 from vit_jax.models.attention import ATTENTION_IMPLS, LIBRARY_IMPLS, Attention
 from vit_jax.models.patch_embed import PATCH_EMBEDS, PatchEmbed
-from vit_jax.models.posemb import POSEMBS, VARIANTS, Position, split_posemb
+from vit_jax.models.posemb import POSEMB_MODES, POSEMBS, VARIANTS, Position, split_posemb
 from vit_jax.models.posemb.factorized import MODES as FACTORIZED_MODES
 from vit_jax.options import option, options_of, out_of_range, unknown_field
 
@@ -249,6 +256,25 @@ class VisionTransformer(nn.Module):
         low=0,
         low_open=True,
     )
+    posemb_mode: str = option(
+        "auto",
+        "on a patch grid other than the reference grid: 'interpolate' (coordinates scaled to "
+        "the reference's range, tables resized) or 'extrapolate' (integer coordinates of the "
+        "new grid, relative offsets beyond the table clamped to its edge; learned tables still "
+        "resize); 'auto': tables interpolate, sincos and RoPE extrapolate",
+        choices=POSEMB_MODES,
+    )
+    posemb_grid: tuple[int, int] | None = option(
+        None,
+        "(h, w) the position embedding was trained on, the reference of posemb_mode; None: "
+        "the model's own patch grid (an int n means (n, n))",
+        type=tuple,
+    )
+    dynamic_image_size: bool = option(
+        False,
+        "accept images of any size divisible by the patch: parameters keep the shapes of "
+        "image_size, position embeddings are adapted to each input's grid as a restore would",
+    )
     classifier: str = option(
         "token",
         "pooling: class token, mean of tokens, attention pooling, or per-token logits",
@@ -296,6 +322,8 @@ class VisionTransformer(nn.Module):
         # Accept an int for square images and patches, as create() does.
         object.__setattr__(self, "image_size", as_pair(self.image_size, "image_size"))
         object.__setattr__(self, "patch_size", as_pair(self.patch_size, "patch_size"))
+        if self.posemb_grid is not None:
+            object.__setattr__(self, "posemb_grid", as_pair(self.posemb_grid, "posemb_grid"))
         validate(self)
         super().__post_init__()
 
@@ -303,6 +331,33 @@ class VisionTransformer(nn.Module):
     def grid(self) -> tuple[int, int]:
         """Patch grid (h, w)."""
         return (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
+
+    @property
+    def reference_grid(self) -> tuple[int, int]:
+        """The grid the position embedding was trained on: posemb_grid, else the model's grid."""
+        return self.posemb_grid or self.grid
+
+    def input_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """The patch grid of images of `image_size` (H, W); ValueError if the model does not
+        take that size (another size without dynamic_image_size, or not whole patches)."""
+        (ih, iw), (ph, pw) = tuple(image_size), self.patch_size
+        if (ih, iw) == tuple(self.image_size):
+            return self.grid
+        if not self.dynamic_image_size:
+            raise ValueError(
+                f"images of size {(ih, iw)} given to a model built for "
+                f"image_size={tuple(self.image_size)}: resize the images, create the model with "
+                "dynamic_image_size=True (position embeddings adapted to each size on the fly), "
+                "or create it with the new image_size and restore its checkpoint with init_from "
+                "(which resizes the position embeddings)."
+            )
+        if ih % ph or iw % pw or ih < ph or iw < pw:
+            raise ValueError(
+                f"images of size {(ih, iw)} are not whole patches of "
+                f"patch_size={tuple(self.patch_size)}: crop or resize them to a multiple, e.g. "
+                f"{(max(1, ih // ph) * ph, max(1, iw // pw) * pw)}."
+            )
+        return (ih // ph, iw // pw)
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -313,13 +368,7 @@ class VisionTransformer(nn.Module):
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         chex.assert_rank(images, 4)  # [B, H, W, C], checked when traced
         chex.assert_type(images, float)  # in [-1, 1]: not uint8 pixels
-        if tuple(images.shape[1:3]) != tuple(self.image_size):
-            raise ValueError(
-                f"images of size {tuple(images.shape[1:3])} given to a model built for "
-                f"image_size={tuple(self.image_size)}: resize the images, or create the model "
-                "with the new image_size and restore its checkpoint with init_from (which resizes "
-                "the position embeddings)."
-            )
+        grid = self.input_grid(images.shape[1:3])
         dtype, param_dtype = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
         x = PatchEmbed(
             hidden_size=self.hidden_size,
@@ -339,7 +388,7 @@ class VisionTransformer(nn.Module):
         x = Encoder(
             num_layers=self.num_layers,
             posemb=additive.name,
-            block=self._block_settings(attention, train, dtype, param_dtype),
+            block=self._block_settings(attention, grid, train, dtype, param_dtype),
             stochastic_depth=self.stochastic_depth,
             scan=self.scan,
             remat_policy=self.remat_policy,
@@ -393,22 +442,33 @@ class VisionTransformer(nn.Module):
 
     @property
     def position(self) -> Position:
-        """Where the patch tokens sit, and the settings of the position embeddings."""
+        """Where the patch tokens sit at the model's own grid, and the settings of the position
+        embeddings."""
+        return self.position_at(self.grid)
+
+    def position_at(self, grid: tuple[int, int]) -> Position:
+        """The Position of patch tokens on `grid` (the input's), with the parameters made for
+        the model's grid and the reference grid and mode of its position embedding."""
         return Position(
-            grid=self.grid,
+            grid=tuple(grid),
             num_prefix_tokens=self.num_prefix_tokens,
             posemb_cls_slot=self.posemb_cls_slot,
             posemb_factorized=self.posemb_factorized,
             posemb_temperature=self.posemb_temperature,
             rope_theta=self.rope_theta,
+            param_grid=self.grid,
+            reference_grid=self.reference_grid,
+            mode=self.posemb_mode,
         )
 
-    def _block_settings(self, attention, train: bool, dtype, param_dtype) -> BlockSettings:
+    def _block_settings(
+        self, attention, grid: tuple[int, int], train: bool, dtype, param_dtype
+    ) -> BlockSettings:
         return BlockSettings(
             num_heads=self.num_heads,
             mlp_dim=self.mlp_dim,
             posemb=attention.name if attention is not None else None,
-            position=self.position,
+            position=self.position_at(grid),
             activation=self.activation,
             dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate,
@@ -496,6 +556,8 @@ def validate(m: VisionTransformer) -> None:
             f"patch_size={tuple(m.patch_size)}: use a multiple of the patch, e.g. "
             f"{(max(1, round(ih / ph)) * ph, max(1, round(iw / pw)) * pw)}."
         )
+    if m.posemb_grid is not None and min(m.posemb_grid) < 1:
+        raise out_of_range("posemb_grid", m.posemb_grid, ">= 1 patches on each axis")
     if m.hidden_size % m.num_heads:
         raise ValueError(
             f"hidden_size={m.hidden_size} is not divisible by num_heads={m.num_heads}: "

@@ -35,7 +35,7 @@ from vit_jax.checkpoint import published
 from vit_jax.data.options import DataOptions, data_options
 from vit_jax.data.pipeline import DatasetInfo
 from vit_jax.models import zoo
-from vit_jax.models.resize import RESIZE_METHODS
+from vit_jax.models.resize import DEFAULT_ANTIALIAS, DEFAULT_METHOD, RESIZE_METHODS
 from vit_jax.models.vit import VisionTransformer, as_pair
 from vit_jax.options import check, from_text, option, read, to_config
 from vit_jax.train import parallel, sharding
@@ -161,11 +161,12 @@ class RestoreOptions:
         False, "keep the checkpoint's pre-logits layer when the head is re-initialised"
     )
     method: str = option(
-        "cubic",
-        "interpolation that resizes position embeddings and bias tables",
+        DEFAULT_METHOD,
+        "interpolation that resizes position embeddings and bias tables (how they move to the "
+        "new grid, interpolated or extrapolated, is model.posemb_mode)",
         choices=RESIZE_METHODS,
     )
-    antialias: bool = option(True, "antialias when a grid is resized down")
+    antialias: bool = option(DEFAULT_ANTIALIAS, "antialias when a grid is resized down")
 
 
 SECTIONS = ("model", "data", "optimizer", "init_options", "mesh", "sharding")

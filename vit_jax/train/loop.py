@@ -130,6 +130,28 @@ def initial_params(settings: Settings, rng, channels: int, sharding):
     return params
 
 
+def remember_trained_grid(settings: Settings) -> Settings:
+    """`settings` whose model and config have model.posemb_grid set to the reference grid of
+    the `init_from` checkpoint (`vit_jax.checkpoint.with_trained_grid`), when init_from is set,
+    model.posemb_grid is not, and that grid is not the model's. So the run interpolates or
+    extrapolates its position embedding from the grid it was trained on, and config.json and
+    this run's checkpoints remember that original grid for a later fine-tuning. Reads the
+    checkpoint's shapes and metadata only; otherwise `settings` unchanged."""
+    model, init_from = settings.model, settings.train.init_from
+    if not init_from or model.posemb_grid is not None:
+        return settings
+    from vit_jax.checkpoint import with_trained_grid
+
+    adapted = with_trained_grid(model, init_from)
+    if adapted is model:
+        return settings
+    config = settings.config.copy_and_resolve_references()
+    with config.unlocked():
+        config.model.posemb_grid = tuple(adapted.posemb_grid)
+    config.lock()
+    return dataclasses.replace(settings, config=config, model=adapted)
+
+
 # Model fields that say how the model is computed, not what it is: a run may resume with other
 # values (it moves from CPU to GPU to TPU), as it may on another mesh or parallel strategy.
 COMPUTE_FIELDS = ("dtype", "remat_policy", "attention_impl")
@@ -218,12 +240,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def set_up(config, workdir: str) -> Run:
     """Checks every field, prepares the workdir, opens the dataset (once) and the checkpoint
-    manager, and refuses a workdir that holds a run of another model."""
+    manager, and refuses a workdir that holds a run of another model. With init_from, the
+    model's posemb_grid becomes the checkpoint's trained grid (`remember_trained_grid`)."""
     settings = validate(config)  # every field of every section, before anything is read
     workdir = prepare_workdir(workdir)
     parallel.use_compilation_cache(settings.train.compilation_cache_dir)
     dataset = data.open_dataset(settings.data)  # opened once: every loader and eval reuses it
-    settings = with_dataset(settings, dataset.info)
+    settings = remember_trained_grid(with_dataset(settings, dataset.info))
     train = settings.train
     tx, schedule = optim.make_optimizer(settings.optimizer, train.total_steps)
     config_dict = json.loads(settings.config.to_json_best_effort())

@@ -9,17 +9,27 @@
 The `posemb=` model field names one variant, or an additive and an attention one joined by "+"
 ("learned+rope_axial"). Each variant is a `base.Variant`: how it acts (added to the tokens, or
 inside attention) and the `ParamRule` of each parameter it stores (shape inference and the
-adaptation to another grid, used by `vit_jax.checkpoint`). Adding one: its file, one line in
+adaptation to another grid, used by `vit_jax.checkpoint` and by a model with
+`dynamic_image_size`). On a grid other than the one it was trained on, a variant interpolates or
+extrapolates as the model's `posemb_mode` says (`base.py`). Adding one: its file, one line in
 `VARIANTS` below, and its tests.
 """
 
 from __future__ import annotations
 
 from vit_jax.models.posemb import factorized, learned, relative, rope, sincos
-from vit_jax.models.posemb.base import Layout, ParamRule, Position, Variant
+from vit_jax.models.posemb.base import (
+    POSEMB_MODES,
+    Layout,
+    ParamRule,
+    Position,
+    Variant,
+    axis_coordinates,
+    grid_coordinates,
+)
 from vit_jax.models.posemb.factorized import factorized_table, resize_factorized
 from vit_jax.models.posemb.learned import resize_posemb
-from vit_jax.models.posemb.relative import resize_bias_table
+from vit_jax.models.posemb.relative import extrapolate_bias_table, resize_bias_table
 from vit_jax.models.posemb.sincos import sincos1d, sincos2d
 from vit_jax.options import unknown_choice
 
@@ -94,13 +104,17 @@ __all__ = [
     "ATTENTION_POSEMBS",
     "NONE",
     "POSEMBS",
+    "POSEMB_MODES",
     "VARIANTS",
     "Layout",
     "ParamRule",
     "Position",
     "Variant",
+    "axis_coordinates",
     "check",
+    "extrapolate_bias_table",
     "factorized_table",
+    "grid_coordinates",
     "param_rule",
     "resize_bias_table",
     "resize_factorized",

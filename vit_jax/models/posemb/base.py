@@ -13,6 +13,20 @@ Either way the variant creates its parameters with `module.param(...)` in the ca
 scope (with `module.param_dtype`) and reads what it needs from a `Position`: the patch grid,
 the class-token count and the model's `posemb_*` / `rope_theta` settings.
 
+Three grids meet there. `grid` is the patch grid of the tokens of this call; `param_grid` the
+grid the stored parameters are made for (the model's own grid: they keep its shapes);
+`reference_grid` the grid the position embedding was trained on (`posemb_grid`, else the
+model's grid). On a grid other than its reference, a variant interpolates or extrapolates as
+the model's `posemb_mode` says ("auto": each variant's own way):
+
+- coordinates (sincos, RoPE): extrapolate = the integer cell indices of the grid, whatever its
+  size; interpolate = cell i of an n-cell axis at (i + 0.5) * m / n - 0.5, m the reference's
+  length of that axis (`axis_coordinates`): the same half-pixel centres as the table resize,
+  so the grid spans the reference's coordinate range. "auto" extrapolates.
+- tables (learned, factorized, relative): a table made for `param_grid` is adapted to `grid`
+  on the fly by its `ParamRule.resize` (`adapt_to_tokens`), the very function a restore at
+  that grid applies, with the model's mode and restore's default method.
+
 What it stores is described by its `ParamRule`s: for each parameter, the axis that depends on
 the patch grid, the length that axis has on a `Layout` (grid and class-token rows), the grids a
 stored length is consistent with (shape inference for checkpoints without a config), and the
@@ -30,10 +44,47 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.models.resize import DEFAULT_ANTIALIAS, DEFAULT_METHOD
 
 Grid = tuple[int, int]
 # A grid a stored length allows; None on an axis the length says nothing about.
 GridCandidate = tuple[int | None, int | None]
+# The `posemb_mode` model field: what a variant does on a grid other than its reference grid.
+POSEMB_MODES = ("auto", "interpolate", "extrapolate")
+
+
+def resolved_mode(mode: str, auto: str) -> str:
+    """`mode` ("auto", "interpolate" or "extrapolate"), "auto" read as the variant's own `auto`."""
+    return auto if mode == "auto" else mode
+
+
+def axis_coordinates(length: int, reference_length: int, mode: str) -> np.ndarray:
+    """The coordinates [length] (float64) of the cells of an axis of `length` cells.
+
+    extrapolate (and "auto"): the cell indices 0 .. length - 1, whatever the reference.
+    interpolate: cell i at (i + 0.5) * reference_length / length - 0.5, the half-pixel centres
+    of the table resize (models/resize.py): the axis spans the reference's range, each cell at
+    the reference coordinate its centre falls on. At the reference length both are the indices
+    exactly; at 3x cell 3j + 1 is j exactly; at 2x cells 2j and 2j + 1 average to j.
+    """
+    index = np.arange(length, dtype=np.float64)
+    if resolved_mode(mode, "extrapolate") == "extrapolate":
+        return index
+    return (index + 0.5) * reference_length / length - 0.5
+
+
+def grid_coordinates(
+    grid: Grid, reference_grid: Grid | None = None, mode: str = "extrapolate"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Column x and row y of every cell of `grid`, row-major: two float64 [h * w] arrays, each
+    axis by `axis_coordinates` against `reference_grid` (default: `grid`; integer cells)."""
+    (h, w), (rh, rw) = grid, reference_grid or grid
+    ys, xs = np.meshgrid(
+        axis_coordinates(h, rh, mode), axis_coordinates(w, rw, mode), indexing="ij"
+    )
+    return xs.reshape(-1), ys.reshape(-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +99,14 @@ class Layout:
 @dataclasses.dataclass(frozen=True)
 class Position:
     """What position variants read: where the patch tokens sit and the model's settings for
-    them (the VisionTransformer fields of the same names)."""
+    them (the VisionTransformer fields of the same names).
+
+    grid: the patch grid (h, w) of the tokens of this call.
+    param_grid: the grid the stored parameters are made for (the model's grid); None: `grid`.
+    reference_grid: the grid the position embedding was trained on (the model's `posemb_grid`,
+      else its grid); None: `param_grid`.
+    mode: the model's `posemb_mode`, one of POSEMB_MODES.
+    """
 
     grid: Grid
     num_prefix_tokens: int
@@ -56,6 +114,21 @@ class Position:
     posemb_factorized: str = "concat"
     posemb_temperature: float = 10_000.0
     rope_theta: float = 100.0
+    param_grid: Grid | None = None
+    reference_grid: Grid | None = None
+    mode: str = "auto"
+
+    def __post_init__(self):
+        param_grid = tuple(self.param_grid or self.grid)
+        object.__setattr__(self, "grid", tuple(self.grid))
+        object.__setattr__(self, "param_grid", param_grid)
+        object.__setattr__(self, "reference_grid", tuple(self.reference_grid or param_grid))
+
+    def coordinates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Column x and row y [h * w] of the patches of `grid` against the reference grid, as
+        coordinate variants (sincos2d, RoPE) use them: integer ("auto" or "extrapolate") or
+        scaled to the reference's range ("interpolate"); see `axis_coordinates`."""
+        return grid_coordinates(self.grid, self.reference_grid, self.mode)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +144,11 @@ class ParamRule:
     candidates: the grids a stored length is consistent with, given its prefix rows.
     prefix_hint: the class-token rows of a stored length when the grid is unknown
       (`has_class_token`: the checkpoint has a `cls` parameter).
-    resize: (value, old layout, new layout, *, method, antialias) -> the value on the new
-      layout.
+    resize: (value, old layout, new layout, *, method, antialias, mode) -> the value on the new
+      layout; `mode` is the model's `posemb_mode` (a rule that can only resample ignores it).
+      Restore and a model with `dynamic_image_size` both adapt through it (`adapt_to_tokens`).
+    extrapolates: `resize` keeps the stored values and extends them by the edge with
+      mode="extrapolate" rather than resampling (what the restore report says).
     """
 
     name: str
@@ -82,6 +158,7 @@ class ParamRule:
     candidates: Callable[[int, int], set[GridCandidate]] | None = None
     prefix_hint: Callable[[int, bool], int] | None = None
     resize: Callable[..., jax.Array] | None = None
+    extrapolates: bool = False
 
     def prefix_on(self, stored_length: int, grid: Grid) -> int | None:
         """The class-token rows (0 or 1) that make `stored_length` fit `grid`, if any."""
@@ -95,6 +172,22 @@ def prefix_counts(old: Layout, new: Layout) -> dict[str, int]:
         "num_prefix_tokens": old.num_prefix_tokens,
         "new_num_prefix_tokens": new.num_prefix_tokens,
     }
+
+
+def adapt_to_tokens(
+    rule: ParamRule, value: jax.Array, position: Position, num_prefix_tokens: int
+) -> jax.Array:
+    """A stored parameter `value`, made for `position.param_grid` with `num_prefix_tokens`
+    class-token rows, on the grid of the tokens (`position.grid`): `rule.resize` with the
+    model's mode and restore's default method, so a model with `dynamic_image_size` computes
+    what a restore at that grid gives. The value itself on the parameter grid."""
+    if position.grid == position.param_grid:
+        return value
+    old = Layout(position.param_grid, num_prefix_tokens)
+    new = Layout(position.grid, num_prefix_tokens)
+    return rule.resize(
+        value, old, new, method=DEFAULT_METHOD, antialias=DEFAULT_ANTIALIAS, mode=position.mode
+    )
 
 
 def grid_independent(name: str, variant: str) -> ParamRule:

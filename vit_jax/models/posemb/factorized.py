@@ -4,8 +4,10 @@ Parameters `row_embedding` [h, D_r] and `col_embedding` [w, D_c], initialised N(
 With `posemb_factorized="concat"` patch (i, j) gets [row_i, col_j] (D_r = D_c = D/2); with
 "sum" it gets row_i + col_j (two [·, D] tables). The class token gets none.
 
-At another grid each table is resampled along its one axis (`resize_factorized`). The two
-tables together tell a stored model's grid, square or not.
+At another grid each table is resampled along its one axis (`resize_factorized`), whatever
+`posemb_mode` says (learned tables have no values outside their grid, so "extrapolate"
+resamples too); on restore once, with `dynamic_image_size` on the fly from the stored tables.
+The two tables together tell a stored model's grid, square or not.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models.posemb.base import Layout, ParamRule, Position, Variant, no_prefix
+from vit_jax.models.posemb.base import (
+    Layout,
+    ParamRule,
+    Position,
+    Variant,
+    adapt_to_tokens,
+    no_prefix,
+)
 from vit_jax.models.posemb.learned import add_to_patches
 from vit_jax.models.resize import resize_grid
 from vit_jax.options import unknown_choice
@@ -45,12 +54,17 @@ def resize_factorized(
 
 
 def add(module: nn.Module, position: Position, x: jax.Array) -> jax.Array:
-    """x [B, num_prefix_tokens + h*w, D] plus the row/column embedding of each patch."""
-    dim, (h, w) = x.shape[-1], position.grid
+    """x [B, num_prefix_tokens + h*w, D] plus the row/column embedding of each patch (tables
+    stored for the parameter grid, resized to the tokens' grid if that differs)."""
+    dim, (h, w) = x.shape[-1], position.param_grid
     table_dim = dim // 2 if position.posemb_factorized == "concat" else dim
     init = nn.initializers.normal(stddev=0.02)
     row = module.param(ROW, init, (h, table_dim), module.param_dtype)
     col = module.param(COL, init, (w, table_dim), module.param_dtype)
+    row, col = (
+        adapt_to_tokens(rule, table, position, 0)
+        for rule, table in zip(RULES, (row, col), strict=True)
+    )
     pe = factorized_table(row, col, position.posemb_factorized)
     return add_to_patches(x, pe, position.num_prefix_tokens)
 
@@ -69,7 +83,8 @@ def check(model) -> None:
 def _rule(name: str, axis_of_grid: int) -> ParamRule:
     """The rule of the table along grid axis `axis_of_grid` (0: rows, 1: columns)."""
 
-    def resize(value, old: Layout, new: Layout, **options) -> jax.Array:
+    def resize(value, old: Layout, new: Layout, *, mode: str = "auto", **options) -> jax.Array:
+        # Every mode resamples: a table has nothing to extrapolate with.
         return resize_factorized(value, new.grid[axis_of_grid], **options)
 
     def candidates(length: int, prefix: int) -> set:
@@ -86,10 +101,12 @@ def _rule(name: str, axis_of_grid: int) -> ParamRule:
     )
 
 
+RULES = (_rule(ROW, 0), _rule(COL, 1))
+
 VARIANT = Variant(
     name="factorized",
     doc="learned row and column tables, concatenated or summed (ViT paper's 2-D)",
     add=add,
     check=check,
-    params=(_rule(ROW, 0), _rule(COL, 1)),
+    params=RULES,
 )

@@ -5,7 +5,10 @@ layout) it is [1, num_prefix_tokens + h*w, D] and its first rows belong to the c
 otherwise [1, h*w, D] (big_vision layout) and the class token gets none.
 
 At another grid the patch rows, viewed as [h, w, D], are resampled (`resize_posemb`, timm's
-`resample_abs_pos_embed`); class-token rows are copied, dropped or added as zeros.
+`resample_abs_pos_embed`); class-token rows are copied, dropped or added as zeros. This is the
+only adaptation, whatever `posemb_mode` says: a learned table has no values outside its grid to
+extrapolate with, so "extrapolate" resamples too. On restore the table is resized once; with
+`dynamic_image_size` the stored table (model grid) is resized to each input's grid on the fly.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from vit_jax.models.posemb.base import (
     ParamRule,
     Position,
     Variant,
+    adapt_to_tokens,
     factor_pairs,
     prefix_counts,
 )
@@ -29,11 +33,13 @@ PARAM = "pos_embedding"
 
 
 def add(module: nn.Module, position: Position, x: jax.Array) -> jax.Array:
-    """x [B, num_prefix_tokens + h*w, D] plus the learned table."""
-    h, w = position.grid
+    """x [B, num_prefix_tokens + h*w, D] plus the learned table (stored for the parameter
+    grid, resized to the tokens' grid if that differs)."""
+    h, w = position.param_grid
     slot_rows = position.num_prefix_tokens if position.posemb_cls_slot else 0
     init = nn.initializers.normal(stddev=0.02)
     pe = module.param(PARAM, init, (1, slot_rows + h * w, x.shape[-1]), module.param_dtype)
+    pe = adapt_to_tokens(RULE, pe, position, slot_rows)
     if position.posemb_cls_slot:
         return x + pe.astype(x.dtype)
     return add_to_patches(x, pe[0], position.num_prefix_tokens)
@@ -101,7 +107,8 @@ def resize_posemb(
     return jnp.concatenate(rows, axis=0)[None]
 
 
-def _resize(value, old: Layout, new: Layout, **options) -> jax.Array:
+def _resize(value, old: Layout, new: Layout, *, mode: str = "auto", **options) -> jax.Array:
+    """The rule's resize; every mode resamples (a table has nothing to extrapolate with)."""
     return resize_posemb(value, new.grid, old_grid=old.grid, **prefix_counts(old, new), **options)
 
 

@@ -10,8 +10,17 @@ class->patch, patch->class and class->class. Each layer owns its table
 (`relative_position_bias_table`, [(2H-1)(2W-1) (+3), heads]), initialised with a truncated normal
 of std 0.02 as in Swin.
 
-At another grid the patch part of the table, viewed as [2H-1, 2W-1, heads], is resized
-(`resize_bias_table`, bicubic by default as in Swin v1); the class-token rows are kept.
+At another grid the patch part of the table, viewed as [2H-1, 2W-1, heads], is adapted as the
+model's `posemb_mode` says; the class-token rows are kept:
+
+- "auto" / "interpolate": resized (`resize_bias_table`, bicubic by default as in Swin v1): the
+  offsets spread over the new grid, each a resampled bias;
+- "extrapolate": `extrapolate_bias_table`: every offset the table was trained on keeps its
+  bias and farther ones take the bias at the table's edge (edge-padded for a larger grid,
+  centre-cropped for a smaller one).
+
+On restore the table is adapted once; with `dynamic_image_size` the stored table (model grid)
+is adapted to each input's grid on the fly, by the same rule.
 """
 
 from __future__ import annotations
@@ -21,8 +30,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models.posemb.base import Layout, ParamRule, Position, Variant, prefix_counts
-from vit_jax.models.resize import check_count, check_grid, resize_grid
+from vit_jax.models.posemb.base import (
+    Layout,
+    ParamRule,
+    Position,
+    Variant,
+    adapt_to_tokens,
+    prefix_counts,
+    resolved_mode,
+)
+from vit_jax.models.resize import (
+    DEFAULT_ANTIALIAS,
+    DEFAULT_METHOD,
+    check_count,
+    check_grid,
+    resize_grid,
+)
 
 PARAM = "relative_position_bias_table"
 CLASS_ROWS = 3  # class->patch, patch->class, class->class
@@ -54,23 +77,17 @@ def relative_position_index(grid: tuple[int, int], num_prefix_tokens: int) -> np
     return index.astype(np.int32)
 
 
-def resize_bias_table(
+def _split_table(
     table: jax.Array | np.ndarray,
     old_grid: tuple[int, int],
     new_grid: tuple[int, int],
-    *,
     num_prefix_tokens: int,
-    new_num_prefix_tokens: int | None = None,
-    method: str = "cubic",
-    antialias: bool = True,
-) -> jax.Array:
-    """Resizes a bias table [(2H-1)(2W-1) (+3), heads] of grid (H, W) to grid (H', W').
-
-    The (2H-1) x (2W-1) offset grid is resampled to (2H'-1) x (2W'-1); the 3 class-token rows
-    (present when num_prefix_tokens == 1) follow unchanged. new_num_prefix_tokens (default
-    num_prefix_tokens) sets whether the result has them: rows dropped, or added as zeros.
-    Returns [(2H'-1)(2W'-1) (+3), heads].
-    """
+    new_num_prefix_tokens: int | None,
+) -> tuple[jax.Array, jax.Array, tuple[int, int]]:
+    """Checks a bias table [(2H-1)(2W-1) (+3), heads] of `old_grid` and the arguments of a move
+    to `new_grid`. Returns its offsets [2H-1, 2W-1, heads], the class-token rows the result has
+    ([3, heads]: the stored ones, or zeros where the table had none; [0, heads] without a class
+    token) and the checked new grid."""
     table = jnp.asarray(table)
     if table.ndim != 2:
         raise ValueError(f"a bias table must be [rows, heads]; got {tuple(table.shape)}.")
@@ -86,30 +103,85 @@ def resize_bias_table(
             f"{tuple(old_grid)} with num_prefix_tokens={num_prefix_tokens}: it needs "
             f"{expected} rows."
         )
-    (h, w), (nh, nw) = old_grid, new_grid
-    offsets = (2 * h - 1) * (2 * w - 1)
-    patch = table[:offsets].reshape(2 * h - 1, 2 * w - 1, -1)
-    patch = resize_grid(patch, (2 * nh - 1, 2 * nw - 1), method, antialias).reshape(
-        -1, patch.shape[-1]
-    )
+    h, w = old_grid
+    num_offsets = (2 * h - 1) * (2 * w - 1)
+    offsets = table[:num_offsets].reshape(2 * h - 1, 2 * w - 1, -1)
     if not new_num_prefix_tokens:
         class_rows = table[:0]
     elif num_prefix_tokens:
-        class_rows = table[offsets:]
+        class_rows = table[num_offsets:]
     else:
         class_rows = jnp.zeros((CLASS_ROWS, table.shape[-1]), table.dtype)
-    return jnp.concatenate([patch, class_rows], axis=0)
+    return offsets, class_rows, new_grid
+
+
+def resize_bias_table(
+    table: jax.Array | np.ndarray,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    *,
+    num_prefix_tokens: int,
+    new_num_prefix_tokens: int | None = None,
+    method: str = DEFAULT_METHOD,
+    antialias: bool = DEFAULT_ANTIALIAS,
+) -> jax.Array:
+    """Resizes (interpolates) a bias table [(2H-1)(2W-1) (+3), heads] of grid (H, W) to grid
+    (H', W').
+
+    The (2H-1) x (2W-1) offset grid is resampled to (2H'-1) x (2W'-1); the 3 class-token rows
+    (present when num_prefix_tokens == 1) follow unchanged. new_num_prefix_tokens (default
+    num_prefix_tokens) sets whether the result has them: rows dropped, or added as zeros.
+    Returns [(2H'-1)(2W'-1) (+3), heads].
+    """
+    offsets, class_rows, (nh, nw) = _split_table(
+        table, old_grid, new_grid, num_prefix_tokens, new_num_prefix_tokens
+    )
+    resized = resize_grid(offsets, (2 * nh - 1, 2 * nw - 1), method, antialias)
+    return jnp.concatenate([resized.reshape(-1, offsets.shape[-1]), class_rows], axis=0)
+
+
+def clamped_offsets(length: int, new_length: int) -> np.ndarray:
+    """For each offset d = -(new_length-1) .. new_length-1 of a new axis, the row of a stored
+    offset axis (offsets -(length-1) .. length-1) it reads: d clamped to the stored range.
+    int [2 * new_length - 1]; the identity when the lengths agree."""
+    d = np.arange(2 * new_length - 1) - (new_length - 1)
+    return np.clip(d, -(length - 1), length - 1) + length - 1
+
+
+def extrapolate_bias_table(
+    table: jax.Array | np.ndarray,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    *,
+    num_prefix_tokens: int,
+    new_num_prefix_tokens: int | None = None,
+) -> jax.Array:
+    """Extrapolates a bias table [(2H-1)(2W-1) (+3), heads] of grid (H, W) to grid (H', W'):
+    every offset the stored table has keeps its trained bias; a farther offset takes the bias
+    of the nearest stored one, i.e. each offset axis is clamped to the stored range
+    (`clamped_offsets`). The (2H-1) x (2W-1) offset grid is edge-padded for a larger grid and
+    centre-cropped for a smaller one. Class-token rows as in `resize_bias_table`.
+    Returns [(2H'-1)(2W'-1) (+3), heads].
+    """
+    offsets, class_rows, (nh, nw) = _split_table(
+        table, old_grid, new_grid, num_prefix_tokens, new_num_prefix_tokens
+    )
+    h, w = old_grid
+    moved = offsets[clamped_offsets(h, nh)][:, clamped_offsets(w, nw)]
+    return jnp.concatenate([moved.reshape(-1, offsets.shape[-1]), class_rows], axis=0)
 
 
 def bias(module: nn.Module, position: Position, num_heads: int) -> jax.Array:
-    """The bias [heads, N, N] of every (query, key) pair, gathered from the learned table."""
+    """The bias [heads, N, N] of every (query, key) pair, gathered from the learned table
+    (stored for the parameter grid, adapted to the tokens' grid if that differs)."""
     grid, prefix = position.grid, position.num_prefix_tokens
     table = module.param(
         PARAM,
         nn.initializers.truncated_normal(stddev=0.02),
-        (num_relative_positions(grid, prefix), num_heads),
+        (num_relative_positions(position.param_grid, prefix), num_heads),
         module.param_dtype,
     )
+    table = adapt_to_tokens(RULE, table, position, prefix)
     index = relative_position_index(grid, prefix)
     return jnp.transpose(table[index].astype(jnp.float32), (2, 0, 1))
 
@@ -124,8 +196,15 @@ def _candidates(length: int, prefix: int) -> set:
     }
 
 
-def _resize(value, old: Layout, new: Layout, **options) -> jax.Array:
-    return resize_bias_table(value, old.grid, new.grid, **prefix_counts(old, new), **options)
+def _resize(
+    value, old: Layout, new: Layout, *, method: str, antialias: bool, mode: str = "auto"
+) -> jax.Array:
+    """The rule's adaptation: resize ("auto", "interpolate") or clamp ("extrapolate")."""
+    if resolved_mode(mode, "interpolate") == "extrapolate":
+        return extrapolate_bias_table(value, old.grid, new.grid, **prefix_counts(old, new))
+    return resize_bias_table(
+        value, old.grid, new.grid, **prefix_counts(old, new), method=method, antialias=antialias
+    )
 
 
 RULE = ParamRule(
@@ -137,6 +216,7 @@ RULE = ParamRule(
     # (2H-1)(2W-1) is odd: an even row count means the 3 class-token rows follow.
     prefix_hint=lambda length, has_class_token: int(length % 2 == 0),
     resize=_resize,
+    extrapolates=True,
 )
 
 VARIANT = Variant(

@@ -11,8 +11,11 @@ patches is a function of their 2D offset. Prefix (class) tokens are not rotated;
   and head (`rope_frequencies`, [2, heads, d/2]), initialised with magnitudes θ^(-4k/d) along a
   random direction per head (and its perpendicular), as in Heo et al. 2024.
 
-θ is the `rope_theta` model field. At a new resolution positions simply extend: nothing in a
-checkpoint needs resizing.
+θ is the `rope_theta` model field. Nothing in a checkpoint depends on the grid. On a grid other
+than the reference grid (`posemb_grid`, else the model's), x and y are the positions
+`posemb_mode` gives (base.py): "extrapolate" (and "auto") the integer cells of the new grid,
+"interpolate" each axis scaled to the reference's range with the half-pixel centres of the
+table resize (the idea of EVA / timm's `ref_feat_shape`, centred like a resized table).
 """
 
 from __future__ import annotations
@@ -25,18 +28,13 @@ import numpy as np
 from vit_jax.models.posemb.base import Position, Variant, broadcast_batch, grid_independent
 
 FREQUENCIES = "rope_frequencies"
+Coordinates = tuple[np.ndarray, np.ndarray]  # column x and row y of each patch, [N] each
 
 
-def grid_positions(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Column x and row y of every patch, row-major: two float32 [h * w] arrays."""
-    h, w = grid
-    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    return xs.reshape(-1).astype(np.float32), ys.reshape(-1).astype(np.float32)
-
-
-def axial_angles(grid: tuple[int, int], head_dim: int, theta: float) -> np.ndarray:
-    """Rotation angles [h * w, head_dim / 2] of RoPE-Axial."""
-    x, y = grid_positions(grid)
+def axial_angles(coordinates: Coordinates, head_dim: int, theta: float) -> np.ndarray:
+    """Rotation angles [N, head_dim / 2] of RoPE-Axial at the patch positions (x, y) [N]
+    (`Position.coordinates`, or `base.grid_coordinates(grid)` for integer cells)."""
+    x, y = (np.asarray(c, np.float64) for c in coordinates)
     freqs = theta ** (-4.0 * np.arange(head_dim // 4) / head_dim)
     return np.concatenate([x[:, None] * freqs, y[:, None] * freqs], axis=1).astype(np.float32)
 
@@ -59,9 +57,10 @@ def mixed_frequencies_init(theta: float):
     return init
 
 
-def mixed_angles(grid: tuple[int, int], frequencies: jax.Array) -> jax.Array:
-    """RoPE-Mixed angles [h * w, heads, d / 2] from frequencies [2, heads, d / 2]."""
-    x, y = grid_positions(grid)
+def mixed_angles(coordinates: Coordinates, frequencies: jax.Array) -> jax.Array:
+    """RoPE-Mixed angles [N, heads, d / 2] at the patch positions (x, y) [N] from frequencies
+    [2, heads, d / 2]."""
+    x, y = (np.asarray(c, np.float32) for c in coordinates)
     fx, fy = frequencies[0].astype(jnp.float32), frequencies[1].astype(jnp.float32)
     return x[:, None, None] * fx[None] + y[:, None, None] * fy[None]
 
@@ -83,7 +82,7 @@ def rotate(x: jax.Array, angles: jax.Array, num_prefix_tokens: int) -> jax.Array
 
 
 def _rotate_axial(module: nn.Module, position: Position, q: jax.Array, k: jax.Array):
-    angles = jnp.asarray(axial_angles(position.grid, q.shape[-1], position.rope_theta))
+    angles = jnp.asarray(axial_angles(position.coordinates(), q.shape[-1], position.rope_theta))
     p = position.num_prefix_tokens
     return rotate(q, angles, p), rotate(k, angles, p)
 
@@ -95,7 +94,7 @@ def _rotate_mixed(module: nn.Module, position: Position, q: jax.Array, k: jax.Ar
         (2, q.shape[-2], q.shape[-1] // 2),
         module.param_dtype,
     )
-    angles, p = mixed_angles(position.grid, frequencies), position.num_prefix_tokens
+    angles, p = mixed_angles(position.coordinates(), frequencies), position.num_prefix_tokens
     return rotate(q, angles, p), rotate(k, angles, p)
 
 
