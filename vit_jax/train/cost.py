@@ -47,6 +47,7 @@ images have 3 channels.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Mapping
@@ -180,8 +181,13 @@ class Peak:
 
 def peak_flops(device: jax.Device | None = None) -> Peak:
     """The peak that MFU divides by: the device's published bf16 peak if it is in
-    PUBLISHED_PEAK_FLOPS, else (CPUs, unknown accelerators) the measured float32 matmul rate."""
-    device = device or jax.devices()[0]
+    PUBLISHED_PEAK_FLOPS, else (CPUs, unknown accelerators) the measured float32 matmul rate,
+    measured once per process and device kind (a study that trains many runs pays it once)."""
+    return _peak_flops(device or jax.devices()[0])
+
+
+@functools.cache
+def _peak_flops(device: jax.Device) -> Peak:
     published = published_peak_flops(device.device_kind)
     if published is not None and device.platform != "cpu":
         return Peak(published, f"published bf16 peak of {device.device_kind}")
