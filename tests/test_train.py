@@ -317,3 +317,14 @@ def test_init_from_loads_a_run_into_a_new_run_at_the_same_or_a_new_resolution(
     out = capsys.readouterr().out
     assert "resized" in out and "(1, 5, 32) → (1, 17, 32)" in out
     assert result["num_examples"] == 297
+
+
+def test_a_given_dataset_must_be_the_one_the_config_describes(digits_dir, tmp_path):
+    """train_and_evaluate(config, workdir, dataset) takes an opened dataset only if it was
+    opened with the config's data options: another one fails before the workdir is made."""
+    config = tiny_config(digits_dir)
+    other = validate(config).data
+    other = dataclasses.replace(other, train_split="train[:100]")
+    with pytest.raises(ValueError, match="other data options than config.data"):
+        train_and_evaluate(config, str(tmp_path / "run"), data.open_dataset(other))
+    assert not (tmp_path / "run").exists()

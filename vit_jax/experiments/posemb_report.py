@@ -98,12 +98,15 @@ def _mode_name(mode: str | None) -> str:
 
 
 def _resized_columns(records: Records, task: str) -> list[tuple[int, str]]:
-    """(size, mode) of the task's evaluations without training, in size order."""
+    """(size, mode) of the task's evaluations without training, in size order. `none` (mode
+    "auto": it has nothing to adapt) fills every mode's column of its size."""
     pairs = {
         (r["image_size"], r["mode"])
         for r in records.records
         if r["task"] == task and r["setting"] == "resized"
     }
+    adapted = {size for size, mode in pairs if mode != "auto"}
+    pairs = {(size, mode) for size, mode in pairs if mode != "auto" or size not in adapted}
     order = {"interpolate": 0, "extrapolate": 1, "auto": 2}
     return sorted(pairs, key=lambda p: (p[0], order.get(p[1], 3)))
 
@@ -125,7 +128,10 @@ def _columns_table(records: Records, task: str, metric: str = "accuracy") -> str
         if has_shuffled:
             row.append(cell(records.values(metric, **key, setting="shuffled")))
         for size, mode in resized:
-            values = records.values(metric, **key, setting="resized", image_size=size, mode=mode)
+            at = {**key, "setting": "resized", "image_size": size}
+            values = records.values(metric, **at, mode=mode) or records.values(
+                metric, **at, mode="auto"
+            )
             row.append(cell(values) if values else "–")
         for size in finetuned:
             row.append(cell(records.values(metric, **key, setting="fine-tuned", image_size=size)))
@@ -166,6 +172,11 @@ def _combine(verdicts: list[str]) -> str:
     if any(v == DOES_NOT_HOLD for v in verdicts):
         return "holds for some variants, not for others"
     return NOT_RESOLVED
+
+
+def _std(values: dict[int, float]) -> str:
+    s = spread(list(values.values()))
+    return "–" if s.n < 2 else f"{100 * s.std:.1f}"
 
 
 def _line(what: str, p: Paired) -> str:
@@ -221,11 +232,8 @@ def claims(records: Records) -> list[tuple[str, str, list[str]]]:
         label = lambda n: "all" if n is None else str(n)  # noqa: E731
         spreads = [
             f"- seed-to-seed std of test accuracy with {label(n)} images: "
-            + ", ".join(
-                f"`{v}` {100 * spread(list(test(v, n).values())).std:.1f}"
-                for v in ("learned", "sincos2d")
-            )
-            + " points"
+            + ", ".join(f"`{v}` {_std(test(v, n))}" for v in ("learned", "sincos2d"))
+            + " points (a few seeds cannot tell two spreads apart: reported, not judged)"
             for n in sizes
         ]
         out.append(
@@ -315,6 +323,14 @@ def _errorbar(ax, xs, series: list[dict[int, float]], **style) -> None:
     )
 
 
+# posemb_mode -> (colour, line style, legend label) of the resolution plot.
+_MODE_STYLES = {
+    "interpolate": ("C0", "-", "interpolate"),
+    "extrapolate": ("C1", "--", "extrapolate"),
+    "auto": ("C7", "-", "no position embedding"),
+}
+
+
 def plot_resolution(records: Records, path: str) -> str:
     from vit_jax import viz
 
@@ -328,7 +344,7 @@ def plot_resolution(records: Records, path: str) -> str:
     for ax, variant in zip(axes, variants, strict=False):
         key = {"task": "resolution", "variant": variant}
         trained = records.values(**key, setting="trained")
-        for mode, style in (("interpolate", "-"), ("extrapolate", "--"), ("auto", "-")):
+        for mode, (color, style, _) in _MODE_STYLES.items():
             series = [
                 trained
                 if s == trained_size
@@ -336,19 +352,10 @@ def plot_resolution(records: Records, path: str) -> str:
                 for s in sizes
             ]
             if sum(bool(v) for v in series) > 1:
-                _errorbar(
-                    ax,
-                    sizes,
-                    series,
-                    linestyle=style,
-                    marker="o",
-                    label=mode if mode != "auto" else "no posemb",
-                )
+                _errorbar(ax, sizes, series, color=color, linestyle=style, marker="o")
         for s in records.sizes("resolution", "fine-tuned"):
             tuned = records.values(**key, setting="fine-tuned", image_size=s)
-            _errorbar(
-                ax, [s], [tuned], marker="*", markersize=10, linestyle="none", label="fine-tuned"
-            )
+            _errorbar(ax, [s], [tuned], color="C2", marker="*", markersize=11, linestyle="none")
         ax.set_title(variant, fontsize=10)
         ax.set_xticks(sizes)
         ax.set_ylim(0, 100)
@@ -356,8 +363,25 @@ def plot_resolution(records: Records, path: str) -> str:
         ax.axvline(trained_size, color="grey", linewidth=0.8)
     for ax in axes[len(variants) :]:
         ax.set_visible(False)
-    axes[0].legend(fontsize=8, loc="lower left")
-    fig.supxlabel("image size (px); trained at the grey line")
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color=color, linestyle=style, marker="o", label=label)
+        for color, style, label in _MODE_STYLES.values()
+    ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            color="C2",
+            marker="*",
+            markersize=11,
+            linestyle="none",
+            label="fine-tuned (interpolated)",
+        )
+    )
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=9)
+    fig.supxlabel("image size (px); trained at the grey line; no training elsewhere")
     fig.supylabel("test accuracy (%)")
     return viz.save(fig, path)
 
@@ -418,6 +442,7 @@ def plot_data_size(records: Records, path: str) -> str:
         _errorbar(gap_ax, xs, gaps, marker="o", label=variant)
     for ax, label in ((acc_ax, "test accuracy (%)"), (gap_ax, "train − test accuracy (points)")):
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xlabel("training images")
         ax.set_ylabel(label)

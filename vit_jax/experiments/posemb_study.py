@@ -408,9 +408,9 @@ class Study:
         start = time.perf_counter()
         config = train_config(task, variant, seed, self.budget, train_size, self.data_dir)
         workdir = os.path.join(self.out, "runs", run_key(task, variant, seed, train_size))
-        summary = train_and_evaluate(config, workdir)
         settings = validate(config)
         dataset = self._dataset(settings)
+        summary = train_and_evaluate(config, workdir, dataset)
         model = with_dataset(settings, dataset.info).model
         batch = settings.train.eval_batch_size
         records = [self._record(base, "trained", task.image_size, None, summary)]
@@ -435,7 +435,7 @@ class Study:
         if task.finetunes(variant):
             size = task.finetune_size
             tuned = finetune_config(config, size, workdir, self.budget.finetune_steps)
-            result = train_and_evaluate(tuned, f"{workdir}-finetune{size}")
+            result = train_and_evaluate(tuned, f"{workdir}-finetune{size}", dataset)
             records.append(self._record(base, "fine-tuned", size, FINETUNE_MODE, result))
         seconds = time.perf_counter() - start
         for record in records:

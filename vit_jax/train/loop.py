@@ -204,8 +204,10 @@ def abstract_state(model, tx: optax.GradientTransformation, channels: int, rng) 
     return jax.eval_shape(lambda r: create_state(init_params(model, r, channels), tx, r), rng)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, dataset: data.Dataset | None = None) -> dict:
     """Trains `config` in `workdir` (resuming if it holds checkpoints) and evaluates it.
+    `dataset`: the dataset `config.data` describes, already opened (`data.open_dataset`), for a
+    caller that trains many runs on the same data; default: opened here.
 
     Stages: `set_up` (check the config, open the dataset and the checkpoint manager),
     `initial_state` (restore the newest checkpoint, or initialise / `init_from`), `train_steps`
@@ -220,7 +222,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         # First in, last out: a stop signal during set-up, compilation or the final save
         # is a request the loop (or completion) answers, never an abrupt death.
         signals = cleanup.enter_context(StopSignals())
-        run = set_up(config, workdir)
+        run = set_up(config, workdir, dataset)
         cleanup.callback(close_manager, run)
         state, train_iter, resumed = initial_state(run)
         cleanup.callback(getattr(train_iter, "close", lambda: None))
@@ -238,14 +240,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return finish(run, state, eval_step, start_step, train_seconds, reporter)
 
 
-def set_up(config, workdir: str) -> Run:
-    """Checks every field, prepares the workdir, opens the dataset (once) and the checkpoint
-    manager, and refuses a workdir that holds a run of another model. With init_from, the
-    model's posemb_grid becomes the checkpoint's trained grid (`remember_trained_grid`)."""
+def set_up(config, workdir: str, dataset: data.Dataset | None = None) -> Run:
+    """Checks every field, prepares the workdir, opens the dataset (once; or takes `dataset`,
+    opened with the same data options) and the checkpoint manager, and refuses a workdir that
+    holds a run of another model. With init_from, the model's posemb_grid becomes the
+    checkpoint's trained grid (`remember_trained_grid`)."""
     settings = validate(config)  # every field of every section, before anything is read
+    if dataset is not None and dataset.options != settings.data:
+        raise ValueError(
+            "the dataset given to train_and_evaluate was opened with other data options than "
+            "config.data: open it with data.open_dataset(validate(config).data)."
+        )
     workdir = prepare_workdir(workdir)
     parallel.use_compilation_cache(settings.train.compilation_cache_dir)
-    dataset = data.open_dataset(settings.data)  # opened once: every loader and eval reuses it
+    if dataset is None:
+        dataset = data.open_dataset(settings.data)  # opened once: every loader and eval uses it
     settings = remember_trained_grid(with_dataset(settings, dataset.info))
     train = settings.train
     tx, schedule = optim.make_optimizer(settings.optimizer, train.total_steps)
