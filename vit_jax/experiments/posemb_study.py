@@ -15,8 +15,10 @@ Tasks, each run for several variants and seeds with the real training loop
                 modes (interpolate / extrapolate: `posemb_mode`), then fine-tune briefly at the
                 largest size. Every variant runs it.                                 (claim 4)
   position      `digits_position`: which digit, and in which half of a 16x16 canvas it lies:
-                position matters by construction. Also evaluated with the test images' patches
-                shuffled (one fixed permutation), which `none` cannot tell apart.      (claim 1)
+                position matters by construction. Evaluated as the resolution task (other
+                sizes in each mode, a short fine-tune at the largest), and with the test
+                images' patches shuffled (one fixed permutation), which `none` cannot tell
+                apart.                                                                 (claim 1)
   segmentation  `digits_segmentation`: the digit class (or background) of every patch, with
                 the `unpooled` classifier; per-patch accuracy and mIoU.                (claim 3)
   data_size     the resolution task trained on the first n training images, for several n:
@@ -179,6 +181,7 @@ def plan(args: argparse.Namespace) -> list[Task]:
                 position,
                 16,
                 canvas_sizes,
+                canvas_sizes[-1],
                 shuffled=True,
             ),
             Task(
@@ -402,13 +405,16 @@ class Study:
         base = {"task": task.name, "variant": variant, "seed": seed, "train_size": train_size}
         what = f"{task.name} {variant} seed {seed}" + (f" n={train_size}" if train_size else "")
         units = self._run_units(task, variant)
-        if self.results.has(**base, setting="done"):
-            self._progress(what, units, "done before")
-            return
         start = time.perf_counter()
         config = train_config(task, variant, seed, self.budget, train_size, self.data_dir)
         workdir = os.path.join(self.out, "runs", run_key(task, variant, seed, train_size))
         settings = validate(config)
+        if self.results.has(**base, setting="done"):
+            # A study that adds a fine-tune to a task finishes its earlier runs with it.
+            if task.finetunes(variant) and not self.results.has(**base, setting="fine-tuned"):
+                self.results.add(self._finetune(task, base, config, workdir, settings))
+            self._progress(what, units, "done before")
+            return
         dataset = self._dataset(settings)
         summary = train_and_evaluate(config, workdir, dataset)
         model = with_dataset(settings, dataset.info).model
@@ -433,15 +439,20 @@ class Study:
             )
             records.append(self._record(base, "shuffled", task.image_size, None, result))
         if task.finetunes(variant):
-            size = task.finetune_size
-            tuned = finetune_config(config, size, workdir, self.budget.finetune_steps)
-            result = train_and_evaluate(tuned, f"{workdir}-finetune{size}", dataset)
-            records.append(self._record(base, "fine-tuned", size, FINETUNE_MODE, result))
+            records.append(self._finetune(task, base, config, workdir, settings))
         seconds = time.perf_counter() - start
         for record in records:
             self.results.add(record)
         self.results.add({**base, "setting": "done", "seconds": seconds})
         self._progress(what, units, f"{100 * summary['accuracy']:.1f}% ({seconds:.0f} s)")
+
+    def _finetune(self, task: Task, base: dict, config, workdir: str, settings) -> dict:
+        """The record of the short fine-tune of the run in `workdir` at the task's largest size."""
+        size = task.finetune_size
+        tuned = finetune_config(config, size, workdir, self.budget.finetune_steps)
+        dataset = self._dataset(settings)
+        result = train_and_evaluate(tuned, f"{workdir}-finetune{size}", dataset)
+        return self._record(base, "fine-tuned", size, FINETUNE_MODE, result)
 
     @staticmethod
     def _record(base: dict, setting: str, size: int, mode: str | None, result: dict) -> dict:
