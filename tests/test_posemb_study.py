@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import jax
 import numpy as np
@@ -119,10 +120,11 @@ def test_none_cannot_see_shuffled_patches_but_learned_can():
         assert np.allclose(a, b, atol=1e-5) == invariant, posemb
 
 
-def test_quick_study_writes_finite_results_and_resumes(tmp_path, digits_dir, capsys):
+def test_quick_study_writes_finite_results_and_resumes(tmp_path, digits_dir, capsys, monkeypatch):
     """A narrow --quick run through the real training, restore and evaluation: every record
     holds finite numbers, the settings of the tasks run are there, summary.md and the plots are
     written, and a rerun trains nothing (it finds every run in results.json)."""
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # --quick sets it
     out = tmp_path / "study"
     argv = [
         "--out",
@@ -192,3 +194,15 @@ def test_other_data_runs_the_resolution_and_data_size_tasks(tmp_path):
         tasks["data_size"], "learned", 0, posemb_study.FULL, 5000, data_dir=None
     )
     assert validate(config).data.train_split == "train[:5000]"
+
+
+def test_quick_compiles_without_llvm_optimisation_unless_the_user_chose(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    posemb_study.compile_fast_for_quick()
+    assert os.environ["XLA_FLAGS"].split() == [
+        "--xla_cpu_enable_fast_math=false",
+        posemb_study.QUICK_XLA_FLAG,
+    ]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
+    posemb_study.compile_fast_for_quick()
+    assert os.environ["XLA_FLAGS"] == "--xla_backend_optimization_level=2"
