@@ -5,13 +5,16 @@
     python benchmarks/train_step.py --compare posemb=learned posemb=relative posemb=rope_axial
     python benchmarks/train_step.py --model B/16 --batch 8 --compare scan=False scan=True \\
         --set remat_policy=none
+    python benchmarks/train_step.py --compare "" xla.xla_cpu_experimental_ynn_fusion_type=
     python benchmarks/train_step.py --model Ti/16 --sweep 64,128,192,256 \\
         --compare posemb=learned posemb=relative posemb=rope_mixed   # step time vs tokens (PNG)
 
 Each contender is the base settings (--model, --image-size, --batch, --set) plus its own
 overrides (`--compare`, each a comma-separated list of FIELD=VALUE: a model field such as
-dtype, posemb, attention_impl, scan, remat_policy, or a training field such as parallel,
-grad_accum_steps, mesh.fsdp). Every contender is built, compiled and then timed in alternation
+dtype, posemb, attention_impl, scan, remat_policy, a training field such as parallel,
+grad_accum_steps, mesh.fsdp, or `xla.FLAG` for an XLA compiler option of that contender's step
+alone, e.g. `xla.xla_cpu_experimental_ynn_fusion_type=` to compare XLA:CPU's dot libraries).
+Every contender is built, compiled and then timed in alternation
 (round r times contender 1, 2, ... in turn), so that a machine that slows down mid-run slows
 every contender alike: compare ratios from one run, not figures from two.
 
@@ -82,6 +85,8 @@ def make_config(model: str, image_size: int, batch: int, overrides: dict):
     config.batch_size = config.eval_batch_size = batch
     config.total_steps = 1000
     for key, value in overrides.items():
+        if key.startswith("xla."):
+            continue  # compiler options, see xla_options
         if key.startswith("mesh."):
             config.mesh[key[5:]] = value
         elif key in TRAIN_FIELDS:
@@ -112,7 +117,27 @@ def random_batch(batch: int, image_size: int, seed: int = 0) -> dict:
     }
 
 
-def ours(name: str, config, image_size: int, *, inference: bool, xla_check: bool) -> Contender:
+def xla_options(overrides: dict) -> dict:
+    """The `xla.FLAG=VALUE` overrides as XLA compiler options for this contender's step alone:
+    `xla.xla_cpu_experimental_ynn_fusion_type=` -> {"xla_cpu_experimental_ynn_fusion_type": ""}."""
+    options = {k[4:]: v for k, v in overrides.items() if k.startswith("xla.")}
+    if options:  # an unknown flag or a bad value: one line now, not a traceback after building
+        try:
+            jax.jit(lambda x: x + 1).lower(np.float32(0)).compile(compiler_options=options)
+        except jax.errors.JaxRuntimeError as e:
+            raise ValueError(f"XLA refuses {options}: {str(e).splitlines()[0]}") from None
+    return options
+
+
+def ours(
+    name: str,
+    config,
+    image_size: int,
+    *,
+    inference: bool,
+    xla_check: bool,
+    compiler_options: dict | None = None,
+) -> Contender:
     """The project's train step for `config`, placed and compiled as the training loop does."""
     planned = cost.check_config(config, jax.device_count())
     model, train = planned.model, planned.train
@@ -132,7 +157,7 @@ def ours(name: str, config, image_size: int, *, inference: bool, xla_check: bool
     )
     batch = par.put_batch(random_batch(train.batch_size, image_size))
     start = time.perf_counter()
-    compiled = train_step.lower(state, batch).compile()
+    compiled = train_step.lower(state, batch).compile(compiler_options=compiler_options or None)
     compile_seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     holder = {"state": state}
@@ -353,9 +378,17 @@ def run(args, image_size: int) -> list[dict]:
         overrides = {**base, **parse_overrides(spec)}
         name = spec or "vit_jax"
         config = make_config(args.model, image_size, args.batch, overrides)
+        options = xla_options(overrides)
         print(f"compiling {name} at {image_size} px ...", file=sys.stderr, flush=True)
         contenders.append(
-            ours(name, config, image_size, inference=args.inference, xla_check=args.xla_check)
+            ours(
+                name,
+                config,
+                image_size,
+                inference=args.inference,
+                xla_check=args.xla_check,
+                compiler_options=options,
+            )
         )
         dtype = str(overrides.get("dtype", "float32"))
         if args.timm and not any(c.name == f"timm ({dtype})" for c in contenders):

@@ -258,3 +258,82 @@ def test_broadcast_batch_has_the_gradients_of_a_plain_broadcast():
     got = jax.grad(loss(lambda b: broadcast_batch(b, 3)), argnums=(0, 1))(logits, bias)
     chex.assert_trees_all_close(got, want, atol=1e-6)
     np.testing.assert_array_equal(broadcast_batch(bias, 3), plain(bias))
+
+
+def _plain_rotation(x, angles, num_prefix_tokens=1):
+    """The textbook RoPE: channel pairs (2j, 2j + 1) of the patch tokens turned by angle j."""
+    a = angles[:, None] if angles.ndim == 2 else angles
+    e, o = x[:, num_prefix_tokens:, :, 0::2], x[:, num_prefix_tokens:, :, 1::2]
+    r = jnp.stack([e * jnp.cos(a) - o * jnp.sin(a), e * jnp.sin(a) + o * jnp.cos(a)], -1)
+    return jnp.concatenate([x[:, :num_prefix_tokens], r.reshape(e.shape[:-1] + (-1,))], 1)
+
+
+@pytest.mark.parametrize("per_head", [True, False], ids=["mixed-angles", "shared-angles"])
+def test_rope_rotation_gradients_are_autodiffs_and_cosines_are_computed_once(per_head):
+    """The rotation's written-out gradients (input and angles; angles per head as RoPE-Mixed
+    learns them, or shared by the heads) equal autodiff's of the textbook formula, its cosine
+    and sine table is bit-identical to jnp.cos / jnp.sin, and XLA evaluates that table once:
+    no fused computation that evaluates a cosine or sine writes more elements than the table
+    has (left alone, XLA re-evaluates them for every example, forward and backward)."""
+    import re
+
+    from vit_jax.models.posemb import rope
+
+    batch, tokens, heads, half = 4, 15, 2, 4
+    x = jax.random.normal(jax.random.PRNGKey(1), (batch, tokens + 1, heads, 2 * half))
+    weights = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+    frequencies = jax.random.normal(jax.random.PRNGKey(0), (heads if per_head else 1, half))
+    positions = jnp.arange(tokens, dtype=jnp.float32)[:, None, None]
+
+    def loss(rotation):
+        def f(x, frequencies):
+            angles = positions * frequencies  # [tokens, heads, half], learned like RoPE-Mixed
+            return jnp.sum(rotation(x, angles if per_head else angles[:, 0]) * weights)
+
+        return jax.jit(jax.grad(f, argnums=(0, 1)))
+
+    fast = loss(lambda x, a: rope.rotate(x, a, num_prefix_tokens=1))
+    chex.assert_trees_all_close(
+        fast(x, frequencies), loss(_plain_rotation)(x, frequencies), atol=1e-4, rtol=1e-5
+    )
+    angles = positions * frequencies
+    np.testing.assert_array_equal(
+        rope.cos_sin(angles), jnp.stack([jnp.cos(angles), jnp.sin(angles)])
+    )
+
+    table = tokens * heads * half
+    hlo = fast.lower(x, frequencies).compile().as_text()
+    computations = re.findall(r"\n(%?[\w.\-]+ \([^\n]*\) -> ([^\n]*) \{\n.*?\n\})", hlo, re.S)
+    assert any("cosine(" in body for body, _ in computations)
+    for body, result in computations:
+        if "cosine(" in body or "sine(" in body:
+            sizes = [
+                np.prod([int(d) for d in dims.split(",") if d])
+                for dims in re.findall(r"\[([\d,]*)\]", result)
+            ]
+            assert max(sizes) <= 2 * table, f"cos/sin evaluated per example:\n{body[:400]}"
+
+
+def test_benchmark_passes_xla_options_to_one_contender_and_refuses_unknown_ones():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import train_step as bench
+    finally:
+        sys.path.pop(0)
+    overrides = bench.parse_overrides(
+        "dtype=bfloat16,xla.xla_cpu_enable_fast_math=False,xla.xla_cpu_experimental_ynn_fusion_type="
+    )
+    assert bench.xla_options(overrides) == {
+        "xla_cpu_enable_fast_math": False,
+        "xla_cpu_experimental_ynn_fusion_type": "",
+    }
+    config = bench.make_config("Ti/16", 32, 2, overrides)
+    assert config.model.dtype == "bfloat16" and "xla." not in str(config)
+    with pytest.raises(ValueError, match="xla_no_such_flag"):
+        bench.xla_options({"xla.xla_no_such_flag": 1})
+    out = subprocess.run(
+        [sys.executable, "benchmarks/train_step.py", "--compare", "xla.xla_no_such_flag=1"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "xla_no_such_flag" in out.stderr

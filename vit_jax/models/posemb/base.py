@@ -245,9 +245,16 @@ def _broadcast_batch_fwd(x, batch):
     return broadcast_batch(x, batch), None
 
 
+def sum_batch(x: jax.Array) -> jax.Array:
+    """x [batch, ...] summed over its leading axis, as a matrix product (ones [1, batch] x
+    [batch, rest]): XLA:CPU runs that several times faster than its reduction over a leading
+    axis. Returns [...]."""
+    batch = x.shape[0]
+    return (jnp.ones((1, batch), x.dtype) @ x.reshape(batch, -1)).reshape(x.shape[1:])
+
+
 def _broadcast_batch_bwd(batch, _, grad):
-    summed = jnp.ones((1, batch), grad.dtype) @ grad.reshape(batch, -1)
-    return (summed.reshape((1, *grad.shape[1:])),)
+    return (sum_batch(grad)[None],)
 
 
 broadcast_batch.defvjp(_broadcast_batch_fwd, _broadcast_batch_bwd)
