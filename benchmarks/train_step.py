@@ -18,7 +18,9 @@ Every contender is built, compiled and then timed in alternation
 (round r times contender 1, 2, ... in turn), so that a machine that slows down mid-run slows
 every contender alike: compare ratios from one run, not figures from two.
 
-Per contender: img/s and step time (median over rounds of the mean of --steps steps), model
+Per contender: img/s and step time (median over rounds of the mean of --steps steps; every
+round's time is in the JSON), its speed relative to the first contender (the median over
+rounds of the ratio within each round, which cancels a round the machine ran slow), model
 FLOPs per step (analytic, vit_jax.train.cost), MFU against the float32 2048x2048 matmul rate
 measured in the same run (and against the device's published bf16 peak on GPU/TPU), compile
 time, XLA's peak memory (temporaries + arguments of the compiled step), inference img/s
@@ -315,7 +317,10 @@ def report(c: Contender, matmul_peak: float, published: float | None, base: Cont
         "step_seconds": step_seconds,
         "step_seconds_min": float(np.min(c.times)),
         "rounds": len(c.times),
-        "speed_vs_first": float(np.median(base.times)) / step_seconds,
+        "step_seconds_by_round": [float(t) for t in c.times],
+        # Paired: each round's ratio to the first contender in that round, then the median, so
+        # that a round in which the machine was slow for everyone does not tilt the ratio.
+        "speed_vs_first": float(np.median(np.asarray(base.times) / np.asarray(c.times))),
         **c.info,
         "matmul_peak_flops": matmul_peak,
     }

@@ -241,6 +241,8 @@ def test_benchmark_script_times_contenders_and_plots_a_sweep(tmp_path, digits_di
             model.clone(image_size=(r["image_size"],) * 2), 2
         )
         assert 0.3 < r["analytic_over_xla"] <= 1.0  # D=32: element-wise work weighs more
+        assert r["step_seconds_by_round"] and len(r["step_seconds_by_round"]) == r["rounds"] == 1
+    assert records[0]["speed_vs_first"] == 1.0
     assert records[2]["tokens"] == 17  # (32 / 8)^2 patches + the class token
     assert os.path.getsize(tmp_path / "sweep.png") > 1000
     assert "attention_impl=fused" in out.stdout  # the table
@@ -314,12 +316,30 @@ def test_rope_rotation_gradients_are_autodiffs_and_cosines_are_computed_once(per
             assert max(sizes) <= 2 * table, f"cos/sin evaluated per example:\n{body[:400]}"
 
 
-def test_benchmark_passes_xla_options_to_one_contender_and_refuses_unknown_ones():
+def _benchmark_module():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
-        import train_step as bench
+        import train_step
     finally:
         sys.path.pop(0)
+    return train_step
+
+
+def test_benchmark_speed_ratio_pairs_the_contenders_round_by_round():
+    bench = _benchmark_module()
+    info = {"model_flops_per_step": 10**9}
+    first = bench.Contender("a", None, 8, info, times=[1.0, 3.0, 1.0])  # round 2 ran slow
+    second = bench.Contender("b", None, 8, info, times=[2.0, 6.0, 2.0])
+    record = bench.report(second, 1e12, None, first)
+    assert record["speed_vs_first"] == 0.5  # every round says half; medians alone say so too
+    third = bench.Contender("c", None, 8, info, times=[0.5, 6.0, 4.0])  # twice as fast in round 1
+    record = bench.report(third, 1e12, None, first)
+    assert record["speed_vs_first"] == 0.5 and record["step_seconds"] == 4.0
+    assert record["step_seconds_by_round"] == [0.5, 6.0, 4.0]
+
+
+def test_benchmark_passes_xla_options_to_one_contender_and_refuses_unknown_ones():
+    bench = _benchmark_module()
     overrides = bench.parse_overrides(
         "dtype=bfloat16,xla.xla_cpu_enable_fast_math=False,xla.xla_cpu_experimental_ynn_fusion_type="
     )
