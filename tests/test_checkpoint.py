@@ -504,6 +504,8 @@ def test_inspect_and_convert_tools(tmp_path, capsys):
     assert "Transformer/encoderblock_*/LayerNorm_0/scale (x2)" in out
 
     assert convert_tool.main([str(tmp_path / "run"), str(tmp_path / "x.npz")]) == 0
+    assert convert_tool.main([str(tmp_path / "run"), str(tmp_path / "new/dir/x.npz")]) == 0
+    assert_trees_equal(checkpoint.load_params(tmp_path / "new/dir/x.npz")[0], params)
     assert inspect_tool.main([str(tmp_path / "x.npz")]) == 0
     assert summary in capsys.readouterr().out  # the non-square grid travels with the config
     assert json.loads(str(np.load(tmp_path / "x.npz")["vit_jax_config"]))["model"]["image_size"]

@@ -223,3 +223,14 @@ def test_every_command_line_mistake_is_one_error_line_with_status_2(tmp_path):
         assert err.startswith(mistakes[flag]) and err.count("\n") == 1, (flag, err[-2000:])
         assert out == ""
     assert not workdir.exists()
+
+
+def test_help_prints_the_usage_and_every_flag_and_exits_0(tmp_path):
+    """absl's own --help exits with status 1, which reads as a failure in scripts."""
+    for flag in ("--help", "-h"):
+        out = cli.run([flag, f"--workdir={tmp_path / 'run'}"], timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.startswith("Command line: train and evaluate a ViT")
+        for name in ("--config", "--workdir", "--coordinator", "--heartbeat_timeout"):
+            assert f"  {name}:" in out.stdout or f"  --[no]{name[2:]}:" in out.stdout, name
+        assert not (tmp_path / "run").exists()

@@ -268,3 +268,16 @@ def test_labels_and_classifier_must_match(canvas_dir, tmp_path):
     with pytest.raises(ValueError, match="'digits_segmentation' has a label per pixel"):
         train_and_evaluate(config, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_a_flip_is_refused_where_it_changes_the_label(canvas_dir):
+    position = open_canvas(canvas_dir, "digits_position").info
+    assert position.flip_changes_label
+    assert not open_canvas(canvas_dir, "digits_segmentation").info.flip_changes_label
+    config = base_config()
+    config.data.name = "digits_position"
+    config.data.flip = True
+    with pytest.raises(ValueError, match="'digits_position' has labels that a horizontal flip"):
+        with_dataset(validate(config), position)
+    config.data.flip = False
+    assert with_dataset(validate(config), position).model.num_classes == 20

@@ -43,6 +43,7 @@ flags.DEFINE_integer(
 )
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
+HELP = {"-h", "-?", "--help", "--helpshort"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,6 +61,10 @@ def parse_flags(argv: list[str]) -> list[str]:
 
     try:
         rest, overrides = split_overrides(argv)
+        if HELP.intersection(rest):  # absl's own --help exits with status 1
+            own = FLAGS.module_help(sys.modules[__name__]).strip().split("\n", 1)[1]
+            print(__doc__.rstrip(), "Flags:", own, sep="\n\n")
+            sys.exit(0)
         unexpected = FLAGS(rest)[1:]
         if unexpected:
             raise ValueError(f"unexpected arguments: {unexpected}")

@@ -203,6 +203,7 @@ def export_npz(path: str | os.PathLike, params: dict, *, config: dict | None = N
     arrays = {k: _as_float32(v) for k, v in flat.items()}
     if config is not None:
         arrays[CONFIG_KEY] = np.asarray(json.dumps(config))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)

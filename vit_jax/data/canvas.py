@@ -134,6 +134,7 @@ class DigitsPosition(_Canvases):
         return tfds.core.DatasetInfo(
             builder=self,
             description="A digit on a 16x16 canvas; its class and the half it is in.",
+            metadata=tfds.core.MetadataDict(flip_changes_label=True),
             features=tfds.features.FeaturesDict(
                 {
                     "image": tfds.features.Image(shape=(CANVAS, CANVAS, 1), encoding_format="png"),

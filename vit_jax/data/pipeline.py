@@ -66,6 +66,10 @@ class DatasetInfo:
     class_names: tuple[str, ...] = ()
     # Whether examples carry a class per pixel ('segmentation'): batch labels are [b, H, W].
     dense_labels: bool = False
+    # Whether a horizontal flip can change an example's label (digits_position: the side the
+    # digit is on), so that data.flip would train on wrong labels. Declared by a tfds builder
+    # as metadata `flip_changes_label`.
+    flip_changes_label: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,7 +188,10 @@ def _tfds_sources(opts: DataOptions) -> tuple[dict[str, Sequence[dict]], Dataset
         raise _not_prepared(opts) from error
     features = builder.info.features
     info = _info(sources, features["label"].names, channels, "segmentation" in features)
-    return sources, info
+    metadata = builder.info.metadata or {}
+    return sources, dataclasses.replace(
+        info, flip_changes_label=bool(metadata.get("flip_changes_label", False))
+    )
 
 
 def _info(

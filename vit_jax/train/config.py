@@ -260,6 +260,11 @@ def with_dataset(settings: Settings, info: DatasetInfo) -> Settings:
     train = _train_options(config)
     model = _build_model(config.model)
     _check_labels(model, info, settings.data.name)
+    if info.flip_changes_label and settings.data.flip:
+        raise ValueError(
+            f"dataset {settings.data.name!r} has labels that a horizontal flip changes (a "
+            "flipped example would train on a wrong label): set --config.data.flip=False."
+        )
     config.lock()
     return dataclasses.replace(settings, config=config, train=train, model=model)
 
