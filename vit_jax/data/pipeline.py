@@ -187,11 +187,15 @@ def _tfds_sources(opts: DataOptions) -> tuple[dict[str, Sequence[dict]], Dataset
     except NotImplementedError as error:  # Prepared, but only in another file format.
         raise _not_prepared(opts) from error
     features = builder.info.features
-    info = _info(sources, features["label"].names, channels, "segmentation" in features)
     metadata = builder.info.metadata or {}
-    return sources, dataclasses.replace(
-        info, flip_changes_label=bool(metadata.get("flip_changes_label", False))
+    info = _info(
+        sources,
+        features["label"].names,
+        channels,
+        dense_labels="segmentation" in features,
+        flip_changes_label=bool(metadata.get("flip_changes_label", False)),
     )
+    return sources, info
 
 
 def _info(
@@ -199,6 +203,7 @@ def _info(
     class_names: Sequence[str],
     channels: int,
     dense_labels: bool = False,
+    flip_changes_label: bool = False,
 ) -> DatasetInfo:
     return DatasetInfo(
         num_classes=len(class_names),
@@ -207,6 +212,7 @@ def _info(
         channels=channels,
         class_names=tuple(class_names),
         dense_labels=dense_labels,
+        flip_changes_label=flip_changes_label,
     )
 
 
