@@ -19,7 +19,7 @@ from vit_jax.train.config import validate
 from vit_jax.train.loop import evaluate, train_and_evaluate
 from vit_jax.train.sharding import MeshOptions, ShardingOptions
 from vit_jax.train.state import create_state, init_params
-from vit_jax.train.step import make_train_step, mixup, soft_targets
+from vit_jax.train.step import make_train_step, mixup, patch_targets, soft_targets
 
 
 def model_and_batches(digits_dir, steps: int = 10):
@@ -164,6 +164,21 @@ def test_label_smoothing_and_mixup_targets():
     lam = float(mixed[1, 1])
     assert 0.5 <= lam <= 1.0 and float(mixed[1, 0]) == pytest.approx(1 - lam, abs=1e-6)
     assert float(mixed_images[1, 0, 0, 0]) == pytest.approx(lam * 1 + (1 - lam) * 0, abs=1e-6)
+
+
+def test_mixup_mixes_per_patch_targets_with_the_same_partner_and_weight_as_the_pixels():
+    """Per-pixel labels: each patch's mixed class shares must describe its mixed pixels. With
+    pixel value = class, a patch's mean mixed pixel is sum_k k * share_k; a partner or a weight
+    that differed between the image and its targets breaks this."""
+    rng = np.random.default_rng(0)
+    label_map = rng.integers(0, 5, (6, 8, 12))  # 6 examples, 2x3 patches of 4x4 pixels
+    images = jnp.asarray(label_map, jnp.float32)[..., None]
+    targets = patch_targets(jnp.asarray(label_map), (4, 4), 5)  # [6, 6, 5]
+    mixed_images, mixed = mixup(images, targets, jax.random.key(3), 0.4)
+    assert mixed.shape == (6, 6, 5) and not np.allclose(mixed, targets)
+    patch_means = mixed_images[..., 0].reshape(6, 2, 4, 3, 4).mean((2, 4)).reshape(6, 6)
+    np.testing.assert_allclose(patch_means, (mixed * jnp.arange(5)).sum(-1), atol=1e-5)
+    np.testing.assert_allclose(mixed.sum(-1), 1.0, rtol=1e-6)
 
 
 def test_eval_counts_every_example_of_a_split_not_divisible_by_the_batch(digits_dir):
