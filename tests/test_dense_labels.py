@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import SMALL, random_params, read_metrics, tiny_config
+from tests.conftest import SMALL, losses_by_step, random_params, read_metrics, tiny_config
 from vit_jax import data, models
 from vit_jax.data import canvas, digits, pipeline
 from vit_jax.train import parallel
@@ -251,6 +251,18 @@ def test_an_unpooled_model_learns_segmentation(canvas_dir, tmp_path):
     assert train[-1]["loss"] < train[0]["loss"] - 0.3
     evals = [r for r in read_metrics(workdir) if "split" in r]
     assert evals[-1]["miou"] == pytest.approx(summary["miou"])
+
+
+def test_per_pixel_labels_train_alike_under_pmap_and_jit(canvas_dir, tmp_path):
+    """pmap splits the label maps [B, H, W] with their images: the losses of a jit run."""
+    losses = {}
+    for strategy in ("jit", "pmap"):
+        config = dense_config(canvas_dir, total_steps=4, log_every_steps=1, parallel=strategy)
+        config.checkpoint_every_steps = 4
+        train_and_evaluate(config, str(tmp_path / strategy))
+        losses[strategy] = losses_by_step(tmp_path / strategy)
+    assert list(losses["pmap"]) == list(losses["jit"]) == [1, 2, 3, 4]
+    np.testing.assert_allclose(*(list(losses[s].values()) for s in ("pmap", "jit")), rtol=1e-4)
 
 
 def test_labels_and_classifier_must_match(canvas_dir, tmp_path):
