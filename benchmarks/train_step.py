@@ -23,11 +23,12 @@ round's time is in the JSON), its speed relative to the first contender (the med
 rounds of the ratio within each round, which cancels a round the machine ran slow), model
 FLOPs per step (analytic, vit_jax.train.cost), MFU against the float32 2048x2048 matmul rate
 measured in the same run (and against the device's published bf16 peak on GPU/TPU), compile
-time, XLA's peak memory (temporaries + arguments of the compiled step), inference img/s
-(--inference), XLA's own FLOP count of the unrolled, unsharded step (--xla-check) and the
-img/s of the training loader at that size (--loader DATA_DIR, on the embedded digits). With
---timm (the optional `timm` extra), timm's model of the same size, resolution, batch and
-precision (eager; torch.autocast to bf16 when dtype=bfloat16) is timed in the same rounds.
+time (trace_seconds of it: tracing and lowering to StableHLO, before XLA), XLA's peak memory
+(temporaries + arguments of the compiled step), inference img/s (--inference), XLA's own FLOP
+count of the unrolled, unsharded step (--xla-check) and the img/s of the training loader at
+that size (--loader DATA_DIR, on the embedded digits). With --timm (the optional `timm`
+extra), timm's model of the same size, resolution, batch and precision (eager; torch.autocast
+to bf16 when dtype=bfloat16) is timed in the same rounds.
 
 Output: a table, JSON lines (--json, default benchmarks/results/train_step.jsonl), and with
 --sweep a PNG of step time against the number of tokens per contender.
@@ -159,8 +160,10 @@ def ours(
     )
     batch = par.put_batch(random_batch(train.batch_size, image_size))
     start = time.perf_counter()
-    compiled = train_step.lower(state, batch).compile(compiler_options=compiler_options or None)
-    compile_seconds = time.perf_counter() - start
+    lowered = train_step.lower(state, batch)
+    traced = time.perf_counter()
+    compiled = lowered.compile(compiler_options=compiler_options or None)
+    compile_seconds, trace_seconds = time.perf_counter() - start, traced - start
     memory = compiled.memory_analysis()
     holder = {"state": state}
 
@@ -172,6 +175,7 @@ def ours(
     info = {
         "model_flops_per_step": cost.train_flops(model, train.batch_size),
         "compile_seconds": compile_seconds,
+        "trace_seconds": trace_seconds,
         "peak_memory_bytes": (
             None if memory is None else memory.temp_size_in_bytes + memory.argument_size_in_bytes
         ),
@@ -357,6 +361,7 @@ def format_table(records: list[dict]) -> str:
         ("step_seconds", "{:.3f}"),
         ("mfu_vs_matmul_peak", "{:.2f}"),
         ("compile_seconds", "{:.1f}"),
+        ("trace_seconds", "{:.1f}"),
         ("peak_memory_bytes", "{}"),
         ("inference_img_per_sec", "{:.1f}"),
         ("analytic_over_xla", "{:.3f}"),

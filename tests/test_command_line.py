@@ -234,3 +234,38 @@ def test_help_prints_the_usage_and_every_flag_and_exits_0(tmp_path):
         for name in ("--config", "--workdir", "--coordinator", "--heartbeat_timeout"):
             assert f"  {name}:" in out.stdout or f"  --[no]{name[2:]}:" in out.stdout, name
         assert not (tmp_path / "run").exists()
+
+
+def test_show_config_lists_every_field_with_its_value_and_runs_nothing(tmp_path):
+    """--show_config: every declared field of every section once, with the overrides applied,
+    its help and what it accepts; exit 0, nothing written, no --workdir needed."""
+    from vit_jax.data.options import DataOptions
+    from vit_jax.models.vit import VisionTransformer
+    from vit_jax.options import options_of
+    from vit_jax.train.config import SECTIONS, TrainOptions
+
+    flags = ["--config=digits", "--show_config", "--config.model.posemb=rope_axial"]
+    out = cli.run([*flags, "--config.data.flip=True", "--config.optimizer.b1=0.8"], timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    fields = {line.split(" = ")[0]: line.split(" = ")[1] for line in out.stdout.split("\n") if line}
+    declared = [o.name for o in options_of(TrainOptions)]
+    declared += [f"model.{o.name}" for o in options_of(VisionTransformer)]
+    declared += [f"data.{o.name}" for o in options_of(DataOptions)]
+    assert set(declared) <= set(fields)
+    assert {name.split(".")[0] for name in fields if "." in name} == set(SECTIONS)
+    assert fields["model.posemb"].startswith("'rope_axial'  position embedding: 'none': no ")
+    assert fields["model.patch_size"].startswith("(4, 4)")  # from the variant, Ti/4
+    assert (
+        fields["data.flip"]
+        == "True  random horizontal flip in training (off for digits) (true or false)"
+    )
+    assert fields["optimizer.b1"].startswith("0.8  AdamW") and fields["optimizer.b1"].endswith(
+        "(in [0, 1))"
+    )
+    assert "(one of jit, pmap)" in fields["parallel"]
+    assert not os.listdir(tmp_path)
+    bad = cli.run(["--config=digits", "--show_config", "--config.model.posem=x"], timeout=120)
+    assert bad.returncode == 2 and "did you mean 'posemb'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    missing = cli.run(["--config=digits"], timeout=120)
+    assert missing.returncode == 2 and "--workdir is required" in missing.stderr

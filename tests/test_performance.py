@@ -235,6 +235,7 @@ def test_benchmark_script_times_contenders_and_plots_a_sweep(tmp_path, digits_di
     )  # fmt: skip
     for r in records:
         assert r["img_per_sec"] > 0 and r["compile_seconds"] > 0 and r["inference_img_per_sec"] > 0
+        assert 0 < r["trace_seconds"] < r["compile_seconds"]
         assert 0 < r["mfu_vs_matmul_peak"] and r["peak_memory_bytes"] > 0
         assert r["loader_img_per_sec"] > 0
         assert r["model_flops_per_step"] == cost.train_flops(

@@ -5,7 +5,8 @@
         --config.model.posemb=rope_axial --config.batch_size=256
 
 --config is a packaged config's name or a config file's path; --config.FIELD=VALUE sets any
-field (vit_jax/train/command_line.py).
+field (vit_jax/train/command_line.py); --show_config lists every field with its value, help and
+allowed values.
 
 Exit statuses (vit_jax/train/stopping.py): 0 completed, 1 fault, 2 user error, 3 diverged
 (non-finite loss), 4 the workdir cannot be written (disk full, permissions), 75 preempted
@@ -41,7 +42,13 @@ flags.DEFINE_integer(
     "Multi-process: seconds without a heartbeat after which a process counts as dead and the "
     "others stop with an error (instead of waiting for it forever).",
 )
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_bool(
+    "show_config",
+    False,
+    "Print every field of the config (with the overrides applied): its value, help and "
+    "allowed values; then exit without training (no --workdir needed).",
+)
+flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 HELP = {"-h", "-?", "--help", "--helpshort"}
 
@@ -83,6 +90,13 @@ def train(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     try:
         config = command_line.load(FLAGS.config, argv[1:])
+        if FLAGS.show_config:
+            from vit_jax.train.config import describe
+
+            print(describe(config))
+            sys.exit(stopping.COMPLETED)
+        if not FLAGS.workdir:
+            raise ValueError("--workdir is required: where checkpoints and metrics go.")
     except (ValueError, FileNotFoundError) as e:
         sys.exit(stopping.user_error(e))
 

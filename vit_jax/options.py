@@ -119,6 +119,31 @@ def options_of(cls: type) -> tuple[Option, ...]:
     )
 
 
+def describe(cls: type, values: Mapping[str, Any], where: str = "") -> list[str]:
+    """One line per option of `cls`: `where`name = its value in `values` (else the default),
+    then the help and what it accepts, e.g.
+    "data.flip = True  random horizontal flips (true or false)"."""
+    lines = []
+    for opt in options_of(cls):
+        value = values.get(opt.name, opt.default)
+        shown = "(required)" if value is MISSING else repr(value)
+        accepts = (
+            f"one of {', '.join(map(str, opt.choices))}"
+            if opt.choices is not None
+            else _range_words(opt.range_text)
+            if opt.range_text
+            else "true or false"
+            if opt.type is bool
+            else ""
+        )
+        if opt.optional and accepts:
+            accepts += ", or None"
+        lines.append(
+            f"{where}{opt.name} = {shown}  {opt.help}" + (f" ({accepts})" if accepts else "")
+        )
+    return lines
+
+
 def unknown_choice(field: str, value: Any, choices) -> ValueError:
     """The error for a value that is not one of `choices` (with a did-you-mean)."""
     choices = tuple(choices)

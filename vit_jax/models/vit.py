@@ -239,7 +239,9 @@ class VisionTransformer(nn.Module):
     )
     posemb: str = option(
         "learned",
-        f"position embedding: one of {POSEMBS}, or an additive and an attention one joined by '+'",
+        "position embedding: "
+        + "; ".join(f"'{name}': {VARIANTS[name].doc}" for name in POSEMBS)
+        + "; or an additive and an attention one joined by '+', e.g. 'learned+rope_axial'",
     )
     posemb_cls_slot: bool = option(
         True, "learned table has a class-token row (official layout; False: big_vision's)"

@@ -30,7 +30,7 @@ import jax
 import ml_collections
 from ml_collections import config_dict
 
-from vit_jax import models
+from vit_jax import models, options
 from vit_jax.checkpoint import published
 from vit_jax.data.options import DataOptions, data_options
 from vit_jax.data.pipeline import DatasetInfo
@@ -226,6 +226,35 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
     known = model_cfg.get("num_classes") is not None
     model = model if known else None
     return Settings(config, train, data, optimizer, restore, model, mesh, sharding_options)
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+    """Every field of `config`, section by section, with its value here, its help and what it
+    accepts (`vit-train --config=... --describe`): the options schema, read for people."""
+    config = config.copy_and_resolve_references()
+    classes = {
+        "model": VisionTransformer,
+        "data": DataOptions,
+        "optimizer": OptimizerOptions,
+        "init_options": RestoreOptions,
+        "mesh": MeshOptions,
+        "sharding": ShardingOptions,
+    }
+    top = {k: v for k, v in dict(config).items() if k not in SECTIONS}
+    blocks = [options.describe(TrainOptions, top)]
+    for name, cls in classes.items():
+        values = _section(config, name)
+        lines = []
+        if name == "model" and values.get("variant"):  # the variant fills the sizes left unset
+            variant = values["variant"]
+            lines.append(f"model.variant = {variant!r}  size and patch, e.g. 'B/16' (sets these)")
+            sizes = zoo.decode_variant(variant)
+            values = {
+                **sizes,
+                **{k: v for k, v in values.items() if k not in sizes or v is not None},
+            }
+        blocks.append(lines + options.describe(cls, values, f"{name}."))
+    return "\n\n".join("\n".join(lines) for lines in blocks)
 
 
 def _check_parallel(train: TrainOptions, mesh: MeshOptions) -> None:
