@@ -8,6 +8,7 @@ import chex
 import numpy as np
 import pytest
 
+from tests import cli
 from tests.conftest import SMALL, losses_by_step, read_metrics
 from tests.conftest import tiny_config as shared_tiny_config
 from vit_jax.checkpoint import UnreadableCheckpointError
@@ -120,14 +121,18 @@ def test_checkpoints_by_time_and_the_provenance_of_each_start(digits_dir, tmp_pa
 
 
 def _damage(step_dir, how: str) -> None:
-    """Zero-fills every array file, deletes the OCDBT manifest, or empties the step dir."""
-    if how == "zero-filled":
+    """Zero-fills or truncates every array file, deletes the OCDBT manifest, or empties the
+    step dir."""
+    if how in ("zero-filled", "truncated"):
         for root, _, files in os.walk(step_dir / "state"):
             for name in files:
                 if "ocdbt" in root and os.sep + "d" in root:
                     path = os.path.join(root, name)
                     with open(path, "r+b") as f:
-                        f.write(b"\0" * os.path.getsize(path))
+                        if how == "truncated":
+                            f.truncate(10)
+                        else:
+                            f.write(b"\0" * os.path.getsize(path))
     elif how == "no manifest":
         os.remove(step_dir / "state" / "manifest.ocdbt")
     else:
@@ -151,6 +156,28 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_resumes
     expected, got = losses_by_step(reference), losses_by_step(workdir)
     assert sorted(got) == list(range(1, 7))
     np.testing.assert_allclose([got[s] for s in (5, 6)], [expected[s] for s in (5, 6)], rtol=1e-5)
+
+
+def test_a_checkpoint_with_every_file_damaged_costs_one_line_at_the_command_line(
+    digits_dir, tmp_path
+):
+    """Every array failing at once: Orbax abandons the reads still in flight, whose failures
+    Python would print as hundreds of tracebacks; the user sees the one line that says what
+    happened and where the checkpoint went."""
+    workdir = tmp_path / "run"
+    flags = cli.tiny_digits_flags(
+        digits_dir, workdir, 4, checkpoint_every_steps=2, keep_checkpoints=3
+    )
+    assert cli.run(flags).returncode == 0
+    _damage(workdir / "checkpoints" / "4", "truncated")
+    out = cli.run(flags)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (moved,) = os.listdir(workdir / "damaged_checkpoints")
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr[-3000:]
+    assert "checkpoint 4 cannot be read (ValueError: OUT_OF_RANGE: Error reading" in lines[0]
+    assert f"moved to damaged_checkpoints/{moved}, trying the previous one" in lines[0]
+    assert "resumed from" in out.stdout and "at step 2" in out.stdout
 
 
 def test_when_no_checkpoint_can_be_read_the_run_stops_instead_of_starting_afresh(
@@ -200,6 +227,20 @@ def test_a_failing_tensorboard_write_raises_instead_of_hanging(digits_dir, tmp_p
     with pytest.raises(WorkdirWriteError, match="tensorboard .*No space left on device"):
         train_and_evaluate(tiny_config(digits_dir), str(workdir))
     assert os.path.isdir(workdir / "checkpoints" / "2")  # earlier checkpoints intact
+
+
+def test_a_logged_window_averages_the_metrics_but_gives_the_last_learning_rate():
+    """The learning rate is a schedule, read at the logged step: then a window that a resume
+    cut short logs the value an uninterrupted run logs there."""
+    from vit_jax.train.reporting import PendingMetrics
+
+    pending = PendingMetrics(float, step=10, batch_size=4)
+    for i in range(3):
+        pending.add(
+            {"loss": 1.0 + i, "accuracy": 0.5, "learning_rate": 0.1 * (i + 1), "finite": True}
+        )
+    means, _ = pending.flush(13, stop=True)
+    assert means["loss"] == 2.0 and means["learning_rate"] == pytest.approx(0.3)
 
 
 def test_tensorboard_events_hold_the_scalars_and_mark_a_resume(tmp_path):
