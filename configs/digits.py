@@ -11,24 +11,26 @@ random resized crops (area 0.5-1), stochastic depth, weight decay and label smoo
 
     python -m vit_jax.main --config=configs/digits.py --workdir=/tmp/digits
     python -m vit_jax.main --config=configs/digits.py:posemb=rope_axial --workdir=...
+    python -m vit_jax.main --config=configs/digits.py:variant=S/4 --workdir=...
+
+The model is smaller than any in the zoo (D=96, 4 layers, 4 heads, MLP 192, patch 4);
+`variant=` trains a zoo model instead, with its own sizes (and patch).
 """
 
 from vit_jax.train.config import base_config, model_config, parse_arg
 
 
 def get_config(arg: str | None = None):
-    args = parse_arg(arg, posemb="learned", variant="Ti/4", image_size=16)
+    args = parse_arg(arg, posemb="learned", variant=None, image_size=16)
+    small = dict(hidden_size=96, num_layers=4, num_heads=4, mlp_dim=192)
     config = base_config()
     config.model = model_config(
-        args["variant"],
+        args["variant"] or "Ti/4",  # the patch of the small default model
         args["image_size"],
         num_classes=10,
-        hidden_size=96,
-        num_layers=4,
-        num_heads=4,
-        mlp_dim=192,
         posemb=args["posemb"],
         stochastic_depth=0.1,
+        **({} if args["variant"] else small),
     )
     config.data.crop_area_min = 0.5
     config.data.flip = False  # a flipped digit is another digit (or none)

@@ -239,7 +239,7 @@ def write_folder(root, classes=("cat", "dog", "fox"), per_class=6, size=(12, 10)
             Image.fromarray(pixels).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
 
 
-def test_image_folder_source_trains_and_evaluates(tmp_path, monkeypatch):
+def test_image_folder_source_trains_and_evaluates(tmp_path, monkeypatch, capsys):
     write_folder(tmp_path / "train")
     write_folder(tmp_path / "val", per_class=3)
     config = tiny_config(tmp_path)
@@ -258,6 +258,7 @@ def test_image_folder_source_trains_and_evaluates(tmp_path, monkeypatch):
 
     monkeypatch.setattr(data.pipeline, "scan_folder", counted_scan)
     summary = train_and_evaluate(config, str(tmp_path / "run"))
+    assert f"on the image folder {tmp_path / 'train'}: 18 train / 9 eval" in capsys.readouterr().out
     assert summary["num_examples"] == 9
     assert [r["step"] for r in read_metrics(tmp_path / "run") if "split" in r] == [2, 4]
     assert len(scans) == 2  # each folder (train, eval) walked once in the whole run
@@ -284,6 +285,8 @@ def test_image_folder_source_trains_and_evaluates(tmp_path, monkeypatch):
             "grad_accum_steps=0 is out of range: it must be >= 1",
         ),
         (lambda c: setattr(c.init_options, "method", "bicubic"), "init_options.method='bicubic'"),
+        (lambda c: setattr(c.model, "image_size", None), "model.image_size must be set"),
+        (lambda c: setattr(c.model, "patch_size", (3, 3)), "is not divisible by patch_size"),
     ],
 )
 def test_bad_configs_fail_before_training(digits_dir, tmp_path, change, message):
@@ -300,6 +303,21 @@ def test_a_workdir_of_another_model_is_not_resumed(digits_dir, tmp_path):
     other.model.posemb = "rope_axial"
     with pytest.raises(ValueError, match="model.posemb: 'learned' -> 'rope_axial'.*init_from"):
         train_and_evaluate(other, str(tmp_path / "run"))
+
+
+def test_a_folder_whose_held_out_split_is_empty_is_refused_before_training(tmp_path):
+    write_folder(tmp_path / "train", per_class=3)
+    config = tiny_config(tmp_path)
+    config.data.source, config.data.train_dir = "folder", str(tmp_path / "train")
+    config.model.num_classes = 3
+    config.data.eval_fraction = 0.1  # of 3 images per class: none held out
+    with pytest.raises(
+        ValueError,
+        match=r"evaluation split of the image folder .* is empty.*"
+        r"data.eval_fraction=0.1 .* holds out none; set data.eval_dir",
+    ):
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
 def test_missing_folder_and_unwritable_workdir_are_reported(digits_dir, tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from vit_jax import models
-from vit_jax.models import paths
+from vit_jax.models import paths, zoo
 from vit_jax.models.posemb import VARIANTS, ParamRule, learned, param_rule
 from vit_jax.models.posemb.base import Grid, GridCandidate
 
@@ -51,16 +51,8 @@ class Architecture:
     @property
     def variant(self) -> str:
         """Zoo string such as "B/16" or "S/16x8"; sizes outside the zoo are spelled out."""
-        ph, pw = self.patch_size
-        patch = f"{ph}" if ph == pw else f"{ph}x{pw}"
         sizes = (self.hidden_size, self.num_layers, self.num_heads, self.mlp_dim)
-        for name, size in models.SIZES.items():
-            if dataclasses.astuple(size) == sizes:
-                return f"{name}/{patch}"
-        return (
-            f"custom/{patch} (hidden_size={self.hidden_size}, num_layers={self.num_layers}, "
-            f"num_heads={self.num_heads}, mlp_dim={self.mlp_dim})"
-        )
+        return zoo.variant_name(*sizes, self.patch_size)
 
     def summary(self) -> str:
         """One line, e.g. "B/16, learned posemb with class slot, token classifier, 1000 classes,

@@ -78,6 +78,11 @@ class DataOptions:
     read_threads: int = option(2, "threads reading and transforming records (per worker)", low=1)
     prefetch: int = option(2, "batches buffered ahead (per worker when num_workers > 0)", low=1)
 
+    @property
+    def title(self) -> str:
+        """How messages name the data: the tfds name, or the image folder."""
+        return self.name if self.source == "tfds" else f"the image folder {self.train_dir}"
+
 
 def data_options(data_cfg: Mapping[str, Any], where: str = "data.") -> DataOptions:
     """Reads a data config (ConfigDict or dict) into `DataOptions`: unknown fields, types,

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models import paths, precision
+from vit_jax.models import paths, precision, zoo
 from vit_jax.models import posemb as posembs
 from vit_jax.models.attention import ATTENTION_IMPLS, LIBRARY_IMPLS, Attention
 from vit_jax.models.patch_embed import PATCH_EMBEDS, PatchEmbed
@@ -335,6 +335,12 @@ class VisionTransformer(nn.Module):
         return (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
 
     @property
+    def variant(self) -> str:
+        """Its zoo name, "S/16" (`zoo.variant_name`), or its sizes spelled out."""
+        sizes = (self.hidden_size, self.num_layers, self.num_heads, self.mlp_dim)
+        return zoo.variant_name(*sizes, self.patch_size)
+
+    @property
     def reference_grid(self) -> tuple[int, int]:
         """The grid the position embedding was trained on: posemb_grid, else the model's grid."""
         return self.posemb_grid or self.grid
@@ -623,12 +629,13 @@ def build(config) -> VisionTransformer:
     and any model field (typically `config.model` of an ml_collections config). Fields set to
     None take the variant's value (e.g. hidden_size)."""
     fields = {k: v for k, v in dict(config).items() if v is not None or k == "representation_size"}
-    try:
-        variant = fields.pop("variant")
-        num_classes = fields.pop("num_classes")
-        image_size = fields.pop("image_size")
-    except KeyError as e:
-        raise ValueError(
-            f"model config is missing {e.args[0]!r}; it needs variant, num_classes and image_size."
-        ) from None
+    needed = {
+        "variant": "a zoo size and patch, e.g. 'B/16'",
+        "num_classes": "the classes of the head (0: none)",
+        "image_size": "(H, W) of the input images, e.g. 224",
+    }
+    for name, what in needed.items():
+        if name not in fields:
+            raise ValueError(f"model.{name} must be set: {what}.")
+    variant, num_classes, image_size = (fields.pop(name) for name in needed)
     return create(variant, num_classes=num_classes, image_size=image_size, **fields)

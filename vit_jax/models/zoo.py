@@ -79,6 +79,22 @@ def decode_variant(variant: str) -> dict:
     return {**dataclasses.asdict(SIZES[size]), "patch_size": patch_size}
 
 
+def variant_name(
+    hidden_size: int, num_layers: int, num_heads: int, mlp_dim: int, patch_size: tuple[int, int]
+) -> str:
+    """The inverse of `decode_variant`: "B/16" or "S/16x8"; sizes outside the zoo are spelled
+    out: "custom/4 (hidden_size=96, num_layers=4, num_heads=4, mlp_dim=192)"."""
+    ph, pw = patch_size
+    patch = f"{ph}" if ph == pw else f"{ph}x{pw}"
+    for name, size in SIZES.items():
+        if size == Size(hidden_size, num_layers, num_heads, mlp_dim):
+            return f"{name}/{patch}"
+    return (
+        f"custom/{patch} (hidden_size={hidden_size}, num_layers={num_layers}, "
+        f"num_heads={num_heads}, mlp_dim={mlp_dim})"
+    )
+
+
 def _timm_hint(variant: str) -> str:
     """For a timm name given where only ours is read (models.create): which one it is."""
     timm = from_timm(variant)

@@ -383,7 +383,7 @@ def plan_memory(
     return {
         "devices": planned.devices,
         "mesh": dict(planned.mesh),
-        "variant": str(config.model.get("variant")),
+        "variant": model.variant,
         "num_params": state["num_params"],
         "num_classes": model.num_classes,
         "num_classes_assumed": planned.num_classes_assumed,
