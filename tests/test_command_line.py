@@ -29,6 +29,18 @@ def test_a_packaged_name_and_a_path_are_the_same_config():
     assert by_name.model.posemb == "rope_axial" and by_name.is_locked
 
 
+def test_the_digits_config_trains_a_zoo_model_when_given_a_variant():
+    from vit_jax import models
+
+    small = models.build(command_line.load("digits").model)
+    assert (small.hidden_size, small.num_layers, small.patch_size) == (96, 4, (4, 4))
+    assert small.variant == "custom/4 (hidden_size=96, num_layers=4, num_heads=4, mlp_dim=192)"
+    zoo_model = models.build(command_line.load("digits:variant=S/4").model)
+    assert (zoo_model.hidden_size, zoo_model.num_layers, zoo_model.variant) == (384, 12, "S/4")
+    timm_named = models.build(command_line.load("digits:variant=vit_base_patch16_224").model)
+    assert (timm_named.variant, timm_named.image_size) == ("B/16", (224, 224))
+
+
 @pytest.mark.parametrize(
     "spec,message",
     [
@@ -36,6 +48,7 @@ def test_a_packaged_name_and_a_path_are_the_same_config():
         ("configs/digit.py", "packaged config (did you mean 'digits'?)"),
         ("elsewhere/digits.py", "(did you mean 'digits'?)"),  # the packaged name of a lost path
         ("digits:scan=1", "config argument 'scan=1' is not KEY=VALUE with KEY in"),
+        ("digits:varient=S/4", "'posemb', 'variant'] (did you mean 'variant'?)."),
         ("digits:image_size=big", "config argument image_size='big' is not of type int"),
     ],
 )
@@ -223,6 +236,15 @@ def test_every_command_line_mistake_is_one_error_line_with_status_2(tmp_path):
         assert err.startswith(mistakes[flag]) and err.count("\n") == 1, (flag, err[-2000:])
         assert out == ""
     assert not workdir.exists()
+
+
+def test_a_dataset_not_prepared_is_said_once_with_what_to_do(tmp_path):
+    """tfds would first warn about the folder it looked in; the user reads only our message."""
+    flags = ["--config=digits", f"--workdir={tmp_path / 'run'}", "--config.data.name=cifar10"]
+    out = cli.run([*flags, f"--config.data.data_dir={tmp_path / 'nothing_here'}"], timeout=120)
+    assert out.returncode == USER_ERROR, out.stderr[-2000:]
+    assert out.stderr.startswith("error: tfds dataset 'cifar10' is not prepared as array_record")
+    assert "download_and_prepare()" in out.stderr and "dataset_info.json" not in out.stderr
 
 
 def test_help_prints_the_usage_and_every_flag_and_exits_0(tmp_path):

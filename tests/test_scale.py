@@ -1,6 +1,7 @@
 """Scale: the (data, fsdp) mesh, the sharding rule, a data order and checkpoints that do not
 depend on the topology, and compute settings that may change on resume."""
 
+import json
 import os
 import shutil
 
@@ -12,9 +13,10 @@ import pytest
 from tests.conftest import losses_by_step
 from tests.conftest import tiny_config as shared_tiny_config
 from vit_jax import data
+from vit_jax.checkpoint import manager as ckpt
 from vit_jax.train import sharding
 from vit_jax.train.config import validate
-from vit_jax.train.loop import initial_state, set_up, train_and_evaluate
+from vit_jax.train.loop import initial_state, resume_changes, set_up, train_and_evaluate
 
 
 def tiny_config(data_dir, **overrides):
@@ -97,14 +99,30 @@ def test_a_run_resumes_on_another_mesh_with_the_losses_of_an_uninterrupted_run(
     )
 
 
-def test_compute_settings_may_change_on_resume_architecture_may_not(digits_dir, tmp_path):
+def test_compute_settings_may_change_on_resume_architecture_may_not(digits_dir, tmp_path, capsys):
     workdir = str(tmp_path / "run")
     train_and_evaluate(tiny_config(digits_dir, total_steps=3), workdir)
+    capsys.readouterr()
     summary = train_and_evaluate(
         tiny_config(digits_dir, total_steps=4, **{"model.dtype": "bfloat16"}, **LAYOUTS["fsdp"]),
         workdir,
     )
     assert summary["step"] == 4
+    # What changes the numbers from here on is said; the mesh (exact either way) is not.
+    out = capsys.readouterr().out
+    assert "resumed with other settings than checkpoint 3's: total_steps: 3 -> 4; " in out
+    assert "model.dtype: 'float32' -> 'bfloat16'. From here on" in out and "mesh" not in out
+    train_and_evaluate(tiny_config(digits_dir, total_steps=5, log_every_steps=2), workdir)
+    assert "model.dtype: 'bfloat16' -> 'float32'" in capsys.readouterr().out
+    with open(os.path.join(workdir, "config.json")) as f:
+        stored = json.load(f)  # checkpoint 5's config
+    manager = ckpt.open_manager(workdir, keep=2, save_every=100)
+    operational = {**stored, "log_every_steps": 1, "mesh": {"data": 2, "fsdp": 4}}
+    operational["data"] = {**stored["data"], "num_workers": 2}
+    assert resume_changes(manager, operational) == []
+    other_lr = {**stored, "optimizer": {**stored["optimizer"], "learning_rate": 0.5}}
+    assert resume_changes(manager, other_lr) == ["optimizer.learning_rate: 0.001 -> 0.5"]
+    manager.close()
     with pytest.raises(ValueError, match="model.hidden_size: 32 -> 64"):
         train_and_evaluate(
             tiny_config(digits_dir, total_steps=5, **{"model.hidden_size": 64}), workdir

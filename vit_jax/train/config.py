@@ -37,7 +37,7 @@ from vit_jax.data.pipeline import DatasetInfo
 from vit_jax.models import zoo
 from vit_jax.models.resize import DEFAULT_ANTIALIAS, DEFAULT_METHOD, RESIZE_METHODS
 from vit_jax.models.vit import VisionTransformer, as_pair
-from vit_jax.options import check, from_text, option, read, to_config
+from vit_jax.options import check, did_you_mean, from_text, option, read, to_config
 from vit_jax.train import parallel, sharding
 from vit_jax.train.optim import OptimizerOptions
 from vit_jax.train.sharding import MeshOptions, ShardingOptions
@@ -61,6 +61,7 @@ def model_config(
     cfg.image_size = as_pair(fields.pop("image_size"), "image_size")
     for name in _SIZE_FIELDS:
         cfg[name] = config_dict.placeholder(int)
+    cfg.patch_size = config_dict.placeholder(tuple)  # None: the variant's
     for key, value in fields.items():
         cfg[key] = value
     return cfg
@@ -289,6 +290,20 @@ def with_dataset(settings: Settings, info: DatasetInfo) -> Settings:
     train = _train_options(config)
     model = _build_model(config.model)
     _check_labels(model, info, settings.data.name)
+    if info.num_eval == 0:
+        data = settings.data
+        raise ValueError(
+            f"the evaluation split of {data.title} is empty, and a run evaluates at least "
+            "once, at the end: "
+            + (
+                f"data.eval_fraction={data.eval_fraction} of the images of each class holds "
+                "out none; set data.eval_dir, or a larger data.eval_fraction."
+                if data.source == "folder" and not data.eval_dir
+                else "set data.eval_dir to a folder with images."
+                if data.source == "folder"
+                else f"data.eval_split={data.eval_split!r} has none; name a split with images."
+            )
+        )
     if info.flip_changes_label and settings.data.flip:
         raise ValueError(
             f"dataset {settings.data.name!r} has labels that a horizontal flip changes (a "
@@ -344,8 +359,9 @@ def parse_arg(arg: str | None, **defaults) -> dict:
     for item in filter(None, (arg or "").split(",")):
         key, sep, value = item.partition("=")
         if not sep or key not in defaults:
+            hint = did_you_mean(key, tuple(defaults)) if sep else ""
             raise ValueError(
-                f"config argument {item!r} is not KEY=VALUE with KEY in {sorted(defaults)}."
+                f"config argument {item!r} is not KEY=VALUE with KEY in {sorted(defaults)}{hint}."
             )
         kind = str if defaults[key] is None else type(defaults[key])
         values[key] = from_text(f"config argument {key}", value, kind)

@@ -180,6 +180,48 @@ def check_same_run(manager, config_dict: dict) -> None:
         )
 
 
+# Fields that change how a run is carried out, not what it computes: a resume with other
+# values is still exact.
+OPERATIONAL_FIELDS = {
+    "": (
+        "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+        "checkpoint_timeout_minutes", "checkpoint_every_minutes", "plots", "profile_start_step",
+        "profile_num_steps", "compilation_cache_dir", "parallel", "init_from", "nonfinite",
+        "eval_batch_size",
+    ),
+    "model": ("remat_policy", "attention_impl"),
+    "data": ("data_dir", "num_workers", "read_threads", "prefetch", "cache", "bad_image"),
+    "mesh": None,  # every field
+    "sharding": None,
+    "init_options": None,
+}  # fmt: skip
+
+
+def resume_changes(manager, config_dict: dict) -> list[str]:
+    """The settings of `config_dict` that differ from the newest checkpoint's and change what
+    the run computes from here on (the learning-rate schedule of another total_steps, another
+    batch, seed or dtype, ...): "total_steps: 20 -> 40". [] without a checkpoint."""
+    step = manager.latest_step()
+    if step is None:
+        return []
+    stored = ckpt.stored_config(manager, step)
+    sections = [("", stored, config_dict)] + [
+        (name, stored.get(name, {}), config_dict.get(name, {}))
+        for name in ("model", "data", "optimizer", "mesh", "sharding", "init_options")
+    ]
+    changes = []
+    for name, old, new in sections:
+        skip = OPERATIONAL_FIELDS.get(name, ())
+        if skip is None:
+            continue
+        for key, value in old.items():
+            if isinstance(value, dict) or key in skip or key == layout.CLASS_NAMES:
+                continue
+            if new.get(key) != value:
+                changes.append(f"{name + '.' if name else ''}{key}: {value!r} -> {new.get(key)!r}")
+    return changes
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """What the stages of a run share: its checked settings, the opened dataset, the workdir,
@@ -325,6 +367,13 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
     par, train = run.par, run.settings.train
     start_step = int(to_host(state["step"]))
     reporter.message(describe(run, state, start_step))
+    changes = resume_changes(run.manager, run.config_dict) if start_step else []
+    if changes:
+        reporter.message(
+            f"resumed with other settings than checkpoint {start_step}'s: {'; '.join(changes)}. "
+            "From here on the run follows them (a new total_steps: the learning-rate schedule "
+            "of the new length), so it is no longer the run an uninterrupted one would be."
+        )
     train_step, eval_step = compile_steps(run, state)
     state = par.put_state(state)
     speed = Throughput.of(run)
@@ -451,7 +500,7 @@ def describe(run: Run, state, start_step: int) -> str:
     settings, info, train = run.settings, run.dataset.info, run.settings.train
     n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     return (
-        f"{settings.config.model.variant} ({n_params:,} parameters) on {settings.data.name}: "
+        f"{settings.model.variant} ({n_params:,} parameters) on {settings.data.title}: "
         f"{info.num_train} train / {info.num_eval} eval images, batch {train.batch_size} over "
         f"{jax.device_count()} devices ({train.parallel}), "
         f"steps {start_step}->{train.total_steps}"

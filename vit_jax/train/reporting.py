@@ -1,7 +1,8 @@
 """What a run reports: a progress line, `metrics.jsonl`, TensorBoard events (no TensorFlow).
 
 metrics.jsonl has one JSON object per line:
-  train: {"step", "loss", "accuracy", "learning_rate", "grad_norm", "nonfinite_steps",
+  train (means over the steps since the previous record, but learning_rate: the last step's):
+         {"step", "loss", "accuracy", "learning_rate", "grad_norm", "nonfinite_steps",
           "img_per_sec", "mfu" (model FLOPs utilisation, vit_jax/train/cost.py), "data_wait"
           (share of the time spent waiting for batches)}; the first record after a (re)start
           adds "compile_seconds" (the first step, compilation included, timed apart: img/s
@@ -122,6 +123,8 @@ class PendingMetrics:
         nonfinite = self.check(stop=stop)
         keys = [k for k in self._metrics[0] if k != "finite"]
         means = {k: float(np.mean([self._fetch(m[k]) for m in self._metrics])) for k in keys}
+        if "learning_rate" in means:  # the schedule's value at `step`, not a window mean
+            means["learning_rate"] = float(self._fetch(self._metrics[-1]["learning_rate"]))
         now = time.perf_counter()
         steps = step - self._step  # 0 when only the first step (its compilation) is pending
         img_per_sec = steps * self._batch_size / (now - self._time) if steps else None
