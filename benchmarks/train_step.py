@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -494,8 +495,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.timm_worker:
         return timm_worker(args.timm_worker)
-    zoo.decode_variant(args.model)  # a clear error for an unknown variant, before compiling
-    sizes = [int(s) for s in args.sweep.split(",")] if args.sweep else [args.image_size]
+    try:  # clear errors for what can be checked before compiling anything
+        zoo.decode_variant(args.model)
+        if args.timm and importlib.util.find_spec("timm") is None:
+            raise ValueError("--timm needs timm and torch: pip install -e '.[timm]'")
+        try:
+            sizes = [int(s) for s in args.sweep.split(",")] if args.sweep else [args.image_size]
+        except ValueError:
+            raise ValueError(f"--sweep {args.sweep}: give image sizes, e.g. 64,128") from None
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     records = []
     for size in sizes:
         try:

@@ -2,6 +2,7 @@
 count matches XLA's, and the benchmark script runs (never a speed threshold: timings belong to
 benchmarks/train_step.py)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -361,6 +362,25 @@ def test_benchmark_passes_xla_options_to_one_contender_and_refuses_unknown_ones(
     )  # fmt: skip
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "xla_no_such_flag" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--model", "X/16"], "variant='X/16' is not a known model"),
+        (["--sweep", "32,a"], "--sweep 32,a: give image sizes"),
+        (["--timm"], "--timm needs timm and torch"),
+    ],
+)
+def test_benchmark_mistakes_are_one_line_before_anything_compiles(flags, message):
+    if flags == ["--timm"] and importlib.util.find_spec("timm") is not None:
+        pytest.skip("timm is installed: --timm is no mistake here")
+    out = subprocess.run(
+        [sys.executable, "benchmarks/train_step.py", "--json", "", *flags],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2 and out.stderr.strip() == f"error: {out.stderr.strip()[7:]}"
+    assert message in out.stderr and "compiling" not in out.stderr
 
 
 def test_bfloat16_rope_mixed_gradients_stay_close_to_float32():

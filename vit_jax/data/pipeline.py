@@ -19,7 +19,9 @@ Determinism: batches depend only on the data, the config, `seed`, the process's 
 `num_workers` (with workers, each worker reads a strided slice of the stream).
 """
 
+import contextlib
 import dataclasses
+import logging
 from collections.abc import Iterator, Sequence
 
 import grain
@@ -130,16 +132,34 @@ def _tfds_builder(opts: DataOptions) -> tfds.core.DatasetBuilder:
     """The builder of `opts.name`, prepared as array_record (EMBEDDED: built here if missing)."""
     if opts.name in EMBEDDED:
         digits.prepare(EMBEDDED[opts.name], opts.data_dir)
-    try:
-        builder = tfds.builder(opts.name, data_dir=opts.data_dir)
-    except tfds.core.registered.DatasetNotFoundError as error:
-        raise ValueError(
-            f"Unknown tfds dataset {opts.name!r} (data.name). Use a tfds catalog name such as "
-            f"'{digits.NAME}', 'cifar10' or 'imagenet2012', or data.source='folder'."
-        ) from error
-    if not builder.is_prepared():
+    with _quiet_about_missing_preparation():
+        try:
+            builder = tfds.builder(opts.name, data_dir=opts.data_dir)
+        except tfds.core.registered.DatasetNotFoundError as error:
+            raise ValueError(
+                f"Unknown tfds dataset {opts.name!r} (data.name). Use a tfds catalog name such "
+                f"as '{digits.NAME}', 'cifar10' or 'imagenet2012', or data.source='folder'."
+            ) from error
+        prepared = builder.is_prepared()
+    if not prepared:
         raise _not_prepared(opts)
     return builder
+
+
+@contextlib.contextmanager
+def _quiet_about_missing_preparation():
+    """tfds warns "Variant folder ... has no dataset_info.json" when a dataset is not prepared
+    where it looks; `_not_prepared` then says so, with what to do, in one message."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "has no dataset_info.json" not in record.getMessage()
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _check_tfds_split(builder: tfds.core.DatasetBuilder, split: str) -> None:
