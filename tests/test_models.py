@@ -362,5 +362,5 @@ def test_input_of_another_size_is_refused_with_a_hint():
 def test_build_from_config_mapping():
     model = models.build({"variant": "Ti/4", "num_classes": 3, "image_size": 16, **SMALL})
     assert model.grid == (4, 4) and model.hidden_size == 32
-    with pytest.raises(ValueError, match="missing 'variant'"):
+    with pytest.raises(ValueError, match="model.variant must be set"):
         models.build({"num_classes": 3, "image_size": 16})

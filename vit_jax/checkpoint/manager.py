@@ -12,12 +12,7 @@ mid-save resumes from the previous complete checkpoint.
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import logging as std_logging
-import sys
 import time
-import warnings
 
 import jax
 import orbax.checkpoint as ocp
@@ -26,6 +21,7 @@ from jax.experimental import multihost_utils
 
 from vit_jax.checkpoint import layout
 from vit_jax.checkpoint.errors import UnreadableCheckpointError
+from vit_jax.checkpoint.orbax_reads import failed_reads_unreported, failure_reason
 
 
 def open_manager(
@@ -76,7 +72,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, report=loggin
     The data position is the state's step (the loader starts there): a `data` item that
     earlier versions wrote is not read.
     """
-    with _failed_reads_unreported():
+    with failed_reads_unreported():
         return _restore_readable(manager, abstract_state, report)
 
 
@@ -86,83 +82,20 @@ def _restore_readable(manager: ocp.CheckpointManager, abstract_state, report):
             items = ocp.args.Composite(**{layout.STATE: ocp.args.StandardRestore(abstract_state)})
             return manager.restore(step, args=items)[layout.STATE]
         except Exception as e:  # Orbax and TensorStore raise many types for damaged files
-            reason = _reason(e)
-            if len(manager.all_steps()) == 1:
-                raise UnreadableCheckpointError(
-                    f"checkpoint {step} in {manager.directory} cannot be read ({reason}), and no "
-                    "earlier one is left. Restore it from a copy, or start afresh in a new "
-                    "--workdir (older damaged checkpoints are in "
-                    f"{manager.directory.parent / DAMAGED})."
-                ) from None
-            moved = _move_aside(manager, step)
-            report(
-                f"checkpoint {step} cannot be read ({reason}); moved to {DAMAGED}/{moved}, "
-                "trying the previous one"
+            reason = failure_reason(e)  # raised below, unchained (see failed_reads_unreported)
+        if len(manager.all_steps()) == 1:
+            raise UnreadableCheckpointError(
+                f"checkpoint {step} in {manager.directory} cannot be read ({reason}), and no "
+                "earlier one is left. Restore it from a copy, or start afresh in a new "
+                "--workdir (older damaged checkpoints are in "
+                f"{manager.directory.parent / DAMAGED})."
             )
-    return None
-
-
-def _reason(error: BaseException) -> str:
-    """One line for a failed restore: the innermost cause (TensorStore's, which names the file
-    and what is wrong with it) rather than Orbax's wrapper, whose message embeds a whole
-    TensorStore spec."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
-
-
-@contextlib.contextmanager
-def _failed_reads_unreported(settle_seconds: float = 5.0):
-    """When one array of a checkpoint cannot be read, Orbax stops waiting for the others and
-    closes its event loop: each read still in flight then fails again where nobody waits for
-    it, and Python prints it as an "Exception ignored" traceback (hundreds for a checkpoint
-    whose every file is damaged). Those echoes of the one failure that `restore_latest`
-    reports are dropped while the restore runs; after a failure, until they stop coming (at
-    most `settle_seconds`) and the abandoned reads are collected. Any other unraisable
-    exception or log record passes as usual."""
-    printed, echoes = sys.unraisablehook, [0]
-
-    def hook(unraisable) -> None:
-        value, origin = unraisable.exc_value, getattr(unraisable.object, "__qualname__", "")
-        if origin.startswith("_read_array") or (
-            isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
-        ):
-            echoes[0] += 1
-        else:
-            printed(unraisable)
-
-    def unretrieved(record: std_logging.LogRecord) -> bool:  # False: drop it
-        message = record.getMessage()
-        echo = "exception was never retrieved" in message and any(
-            word in message for word in ("orbax", "OCDBT", "TensorStore", "tensorstore")
+        moved = _move_aside(manager, step)
+        report(
+            f"checkpoint {step} cannot be read ({reason}); moved to {DAMAGED}/{moved}, trying "
+            "the previous one"
         )
-        echoes[0] += echo
-        return not echo
-
-    def settle() -> None:
-        deadline = time.monotonic() + settle_seconds
-        while True:
-            seen = echoes[0]
-            gc.collect()  # the abandoned reads, while their echoes are still dropped
-            time.sleep(0.1)
-            if echoes[0] == seen or time.monotonic() > deadline:
-                return
-
-    sys.unraisablehook = hook
-    asyncio_log = std_logging.getLogger("asyncio")
-    asyncio_log.addFilter(unretrieved)
-    with warnings.catch_warnings():  # "coroutine ... was never awaited": the same reads
-        warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
-        try:
-            yield
-            if echoes[0]:
-                settle()
-        except BaseException:
-            settle()
-            raise
-        finally:
-            asyncio_log.removeFilter(unretrieved)
-            sys.unraisablehook = printed
+    return None
 
 
 def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:

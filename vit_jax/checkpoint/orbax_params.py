@@ -19,6 +19,7 @@ from etils import epath
 
 from vit_jax.checkpoint import layout
 from vit_jax.checkpoint.errors import UnreadableCheckpointError
+from vit_jax.checkpoint.orbax_reads import failed_reads_unreported, failure_reason
 from vit_jax.models.paths import is_scanned
 
 
@@ -27,13 +28,18 @@ def read_orbax_shapes(path: str | os.PathLike) -> tuple[dict, dict]:
     metadata only. `path`: a workdir or checkpoints directory (newest step) or a step directory."""
     directory, step = layout.find_step_dir(os.fspath(path))
     state = os.path.join(directory, layout.STATE)
-    try:
-        params = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state))[layout.PARAMS]
-    except (KeyError, TypeError, ValueError, FileNotFoundError) as e:
-        raise UnreadableCheckpointError(
-            f"{state} has no readable '{layout.PARAMS}' ({type(e).__name__}: {e}); it was not "
-            "written by vit_jax's trainer or is incomplete. Use another step or checkpoint."
-        ) from e
+    with failed_reads_unreported():
+        try:
+            params = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state))[layout.PARAMS]
+        except (KeyError, TypeError, ValueError, FileNotFoundError) as e:
+            reason = failure_reason(e)  # raised below, unchained (see failed_reads_unreported)
+        else:
+            reason = None
+        if reason is not None:
+            raise UnreadableCheckpointError(
+                f"{state} has no readable '{layout.PARAMS}' ({reason}); it was not written by "
+                "vit_jax's trainer or is incomplete. Use another step or checkpoint."
+            )
     shapes = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), dict(params))
     meta = {
         "path": directory,
@@ -54,21 +60,24 @@ def load_orbax_params(path: str | os.PathLike) -> tuple[dict, dict]:
     shapes, meta = read_orbax_shapes(path)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), shapes)
     state = os.path.join(meta["path"], layout.STATE)
-    try:
-        restored = ocp.PyTreeCheckpointer().restore(
-            state,
-            args=ocp.args.PyTreeRestore(
-                item={layout.PARAMS: shapes},
-                restore_args={layout.PARAMS: restore_args},
-                partial_restore=True,
-            ),
-        )
-    except Exception as e:  # Orbax and TensorStore raise many types for damaged files
+    with failed_reads_unreported():
+        try:
+            restored = ocp.PyTreeCheckpointer().restore(
+                state,
+                args=ocp.args.PyTreeRestore(
+                    item={layout.PARAMS: shapes},
+                    restore_args={layout.PARAMS: restore_args},
+                    partial_restore=True,
+                ),
+            )
+        except Exception as e:  # Orbax and TensorStore raise many types for damaged files
+            reason = failure_reason(e)  # raised below, unchained (see failed_reads_unreported)
+        else:
+            return restored[layout.PARAMS], meta
         raise UnreadableCheckpointError(
-            f"{state} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:300]}): the "
-            "checkpoint is damaged or incomplete. Use another step or checkpoint."
-        ) from e
-    return restored[layout.PARAMS], meta
+            f"{state} cannot be read ({reason}): the checkpoint is damaged or incomplete. Use "
+            "another step or checkpoint."
+        )
 
 
 def save_orbax_params(
