@@ -330,7 +330,7 @@ def report(c: Contender, matmul_peak: float, published: float | None, base: Cont
         "matmul_peak_flops": matmul_peak,
     }
     flops = c.info.get("model_flops_per_step")
-    per_device = None if flops is None else flops / step_seconds / jax.device_count()
+    per_device = None if flops is None else flops / step_seconds / cost.peak_holders()
     record["mfu_vs_matmul_peak"] = None if per_device is None else cost.mfu(per_device, matmul_peak)
     record["mfu_vs_published_peak"] = (
         None if per_device is None or published is None else cost.mfu(per_device, published)
@@ -347,7 +347,7 @@ def add_timm_ratios(records: list[dict], flops_per_step: int) -> None:
     for r in records:
         if "timm_model" in r:
             r["model_flops_per_step"] = flops_per_step
-            per_device = flops_per_step / r["step_seconds"] / jax.device_count()
+            per_device = flops_per_step / r["step_seconds"] / cost.peak_holders()
             r["mfu_vs_matmul_peak"] = cost.mfu(per_device, r["matmul_peak_flops"])
         elif f"timm ({r['dtype']})" in timm:
             r["speed_vs_timm"] = timm[f"timm ({r['dtype']})"]["step_seconds"] / r["step_seconds"]

@@ -237,6 +237,9 @@ def test_benchmark_script_times_contenders_and_plots_a_sweep(tmp_path, digits_di
     for r in records:
         assert r["img_per_sec"] > 0 and r["compile_seconds"] > 0 and r["inference_img_per_sec"] > 0
         assert 0 < r["trace_seconds"] < r["compile_seconds"]
+        assert r["mfu_vs_matmul_peak"] == pytest.approx(
+            r["model_flops_per_step"] / r["step_seconds"] / r["matmul_peak_flops"]
+        )
         assert 0 < r["mfu_vs_matmul_peak"] and r["peak_memory_bytes"] > 0
         assert r["loader_img_per_sec"] > 0
         assert r["model_flops_per_step"] == cost.train_flops(
@@ -406,3 +409,10 @@ def test_bfloat16_rope_mixed_gradients_stay_close_to_float32():
     for k in checked:
         a, b = np.asarray(want[k]), np.asarray(got[k], np.float32)
         assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.05, k
+
+
+def test_simulated_cpu_devices_share_the_one_measured_peak():
+    """MFU divides a step's FLOPs by the peaks that ran it: on a CPU the processor's measured
+    peak once, however many devices JAX_NUM_CPU_DEVICES simulates on it."""
+    assert jax.device_count() == 8 and jax.devices()[0].platform == "cpu"
+    assert cost.peak_holders() == jax.process_count() == 1

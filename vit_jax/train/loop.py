@@ -432,10 +432,7 @@ class Throughput:
 
     @classmethod
     def of(cls, run: Run) -> Throughput:
-        # Simulated CPU devices share one processor: its measured peak is the whole machine's.
-        cpu = jax.devices()[0].platform == "cpu"
-        devices = jax.process_count() if cpu else jax.device_count()
-        return cls(cost.train_flops(run.settings.model, 1), devices, cost.peak_flops())
+        return cls(cost.train_flops(run.settings.model, 1), cost.peak_holders(), cost.peak_flops())
 
     def describe(self) -> str:
         return (
