@@ -39,6 +39,10 @@ def test_the_digits_config_trains_a_zoo_model_when_given_a_variant():
     assert (zoo_model.hidden_size, zoo_model.num_layers, zoo_model.variant) == (384, 12, "S/4")
     timm_named = models.build(command_line.load("digits:variant=vit_base_patch16_224").model)
     assert (timm_named.variant, timm_named.image_size) == ("B/16", (224, 224))
+    # The patch may also be set on its own, as an int or a pair, in a file or on the CLI.
+    assert model_config("S/16", 224, patch_size=8).patch_size == (8, 8)
+    patched = command_line.load("digits", [("model.patch_size", "2")]).model
+    assert models.build(patched).variant.startswith("custom/2 (hidden_size=96")
 
 
 @pytest.mark.parametrize(

@@ -180,6 +180,20 @@ def test_a_checkpoint_with_every_file_damaged_costs_one_line_at_the_command_line
     assert "resumed from" in out.stdout and "at step 2" in out.stdout
 
 
+def test_a_failed_read_is_named_by_its_innermost_cause_even_without_a_message():
+    from vit_jax.checkpoint.orbax_reads import failure_reason
+
+    wrapper = Exception("Encountered error while reading array index: (slice(0, 4, 1),). See")
+    wrapper.__cause__ = ValueError('OUT_OF_RANGE: Error reading "params.head.kernel/0.0"\nmore')
+    assert (
+        failure_reason(wrapper)
+        == 'ValueError: OUT_OF_RANGE: Error reading "params.head.kernel/0.0"'
+    )
+    silent = Exception("wrapper")
+    silent.__cause__ = TimeoutError()
+    assert failure_reason(silent) == "TimeoutError: TimeoutError()"
+
+
 def test_when_no_checkpoint_can_be_read_the_run_stops_instead_of_starting_afresh(
     digits_dir, tmp_path
 ):

@@ -118,8 +118,10 @@ def test_compute_settings_may_change_on_resume_architecture_may_not(digits_dir, 
         stored = json.load(f)  # checkpoint 5's config
     manager = ckpt.open_manager(workdir, keep=2, save_every=100)
     operational = {**stored, "log_every_steps": 1, "mesh": {"data": 2, "fsdp": 4}}
-    operational["data"] = {**stored["data"], "num_workers": 2}
+    operational["data"] = {**stored["data"], "read_threads": 4}
     assert resume_changes(manager, operational) == []
+    workers = {**stored, "data": {**stored["data"], "num_workers": 2}}  # another batch stream
+    assert resume_changes(manager, workers) == ["data.num_workers: 0 -> 2"]
     other_lr = {**stored, "optimizer": {**stored["optimizer"], "learning_rate": 0.5}}
     assert resume_changes(manager, other_lr) == ["optimizer.learning_rate: 0.001 -> 0.5"]
     manager.close()

@@ -101,16 +101,16 @@ def _restore_readable(manager: ocp.CheckpointManager, abstract_state, report):
 def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
     """Moves checkpoints/<step> to WORKDIR/damaged_checkpoints/<step>-<unix time> (process 0;
     the others wait for it), makes the manager forget it and returns that folder's name."""
-    source = manager.directory / str(step)
-    name = f"{step}-{int(time.time())}"
+    source, damaged = manager.directory / str(step), manager.directory.parent / DAMAGED
     if jax.process_index() == 0:
-        target = manager.directory.parent / DAMAGED / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        source.rename(target)
+        damaged.mkdir(parents=True, exist_ok=True)
+        source.rename(damaged / f"{step}-{int(time.time())}")
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"vit_jax_damaged_checkpoint_{step}")
     manager.reload()
-    return name
+    # The name process 0 gave it, read back by every process (the workdir is shared).
+    moved = [p.name for p in damaged.glob(f"{step}-*")] if damaged.is_dir() else []
+    return max(moved, key=lambda name: int(name.rpartition("-")[2]), default=f"{step}-?")
 
 
 def stored_config(manager: ocp.CheckpointManager, step: int) -> dict:

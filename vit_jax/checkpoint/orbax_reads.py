@@ -23,7 +23,8 @@ def failure_reason(error: BaseException) -> str:
     TensorStore spec."""
     while error.__cause__ is not None:
         error = error.__cause__
-    return f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+    first_line = (str(error).splitlines() or [repr(error)])[0]
+    return f"{type(error).__name__}: {first_line[:300]}"
 
 
 @contextlib.contextmanager
@@ -33,7 +34,8 @@ def failed_reads_unreported(settle_seconds: float = 5.0):
     are collected. Any other unraisable exception, warning or log record passes as usual. The
     caller reports the failure itself in an exception raised outside its `except` block (not
     chained to Orbax's, whose traceback holds the abandoned reads: they would echo when it is
-    collected, later)."""
+    collected, later). Not for concurrent use from several threads (it swaps process-wide
+    hooks)."""
     printed, echoes = sys.unraisablehook, [0]
 
     def hook(unraisable) -> None:
@@ -69,6 +71,7 @@ def failed_reads_unreported(settle_seconds: float = 5.0):
         warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
         try:
             yield
+            gc.collect()  # reads a caught failure abandoned, if any, while their echoes drop
             if echoes[0]:
                 settle()
         except BaseException:

@@ -63,7 +63,7 @@ def model_config(
         cfg[name] = config_dict.placeholder(int)
     cfg.patch_size = config_dict.placeholder(tuple)  # None: the variant's
     for key, value in fields.items():
-        cfg[key] = value
+        cfg[key] = as_pair(value, key) if key == "patch_size" and value is not None else value
     return cfg
 
 
@@ -231,7 +231,7 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
 
 def describe(config: ml_collections.ConfigDict) -> str:
     """Every field of `config`, section by section, with its value here, its help and what it
-    accepts (`vit-train --config=... --describe`): the options schema, read for people."""
+    accepts (`vit-train --config=... --show_config`): the options schema, read for people."""
     config = config.copy_and_resolve_references()
     classes = {
         "model": VisionTransformer,

@@ -190,7 +190,7 @@ OPERATIONAL_FIELDS = {
         "eval_batch_size",
     ),
     "model": ("remat_policy", "attention_impl"),
-    "data": ("data_dir", "num_workers", "read_threads", "prefetch", "cache", "bad_image"),
+    "data": ("data_dir", "read_threads", "prefetch", "cache", "bad_image"),
     "mesh": None,  # every field
     "sharding": None,
     "init_options": None,
@@ -369,10 +369,12 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
     reporter.message(describe(run, state, start_step))
     changes = resume_changes(run.manager, run.config_dict) if start_step else []
     if changes:
+        schedule = any(c.startswith(("total_steps:", "num_epochs:")) for c in changes)
         reporter.message(
             f"resumed with other settings than checkpoint {start_step}'s: {'; '.join(changes)}. "
-            "From here on the run follows them (a new total_steps: the learning-rate schedule "
-            "of the new length), so it is no longer the run an uninterrupted one would be."
+            "From here on the run follows them"
+            + (" (the learning-rate schedule of the new length)" if schedule else "")
+            + ", so it is no longer the run an uninterrupted one would be."
         )
     train_step, eval_step = compile_steps(run, state)
     state = par.put_state(state)
