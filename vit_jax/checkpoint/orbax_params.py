@@ -29,12 +29,11 @@ def read_orbax_shapes(path: str | os.PathLike) -> tuple[dict, dict]:
     directory, step = layout.find_step_dir(os.fspath(path))
     state = os.path.join(directory, layout.STATE)
     with failed_reads_unreported():
+        reason = None
         try:
             params = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state))[layout.PARAMS]
         except (KeyError, TypeError, ValueError, FileNotFoundError) as e:
             reason = failure_reason(e)  # raised below, unchained (see failed_reads_unreported)
-        else:
-            reason = None
         if reason is not None:
             raise UnreadableCheckpointError(
                 f"{state} has no readable '{layout.PARAMS}' ({reason}); it was not written by "

@@ -189,7 +189,7 @@ OPERATIONAL_FIELDS = {
         "profile_num_steps", "compilation_cache_dir", "parallel", "init_from", "nonfinite",
         "eval_batch_size",
     ),
-    "model": ("remat_policy", "attention_impl"),
+    "model": tuple(f for f in COMPUTE_FIELDS if f != "dtype"),  # dtype changes the numbers
     "data": ("data_dir", "read_threads", "prefetch", "cache", "bad_image"),
     "mesh": None,  # every field
     "sharding": None,
