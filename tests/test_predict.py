@@ -97,6 +97,20 @@ def test_the_checkpoint_adapts_to_the_image_or_to_a_given_resolution(run, images
     assert capsys.readouterr().out == adapted
 
 
+def test_adapting_to_an_image_smaller_than_a_patch_says_it_enlarges_it(run, tmp_path, capsys):
+    thin = str(tmp_path / "thin.png")  # 2 pixels high, 9 wide: patches are 4x4
+    Image.fromarray(np.full((2, 9), 200, np.uint8)).save(thin)
+    assert predict.main(["--checkpoint", run, "--fit", "adapt", "--top", "1", thin]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"note: {thin} is 2x9 pixels, smaller than one 4x4 patch; it runs enlarged to 4x8.\n"
+    )
+    model = digits_like(image_size=(4, 8))
+    params, _ = checkpoint.restore_into(run, model, jax.random.key(0), verbose=False)
+    assert_same(parse(captured.out)[thin], expected_top(model, params, thin, k=1))
+    assert predict.enlarged_note("a", np.zeros((4, 8)), (4, 4)) is None  # whole patches: quiet
+
+
 def test_unreadable_images_and_missing_checkpoints_are_one_error_line(run, images, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     command = [sys.executable, "-m", "vit_jax.predict", "--checkpoint", str(tmp_path / "none")]

@@ -13,8 +13,9 @@ their probability, index and name:
       0.0712  282  tiger cat
 
 Sizes: `--fit resize` (default) resizes each image to the checkpoint's resolution; `--fit adapt`
-runs the checkpoint at each image's own resolution instead (rounded down to whole patches; the
-position embedding is resized as for init_from); `--image-size N` or `HxW` runs it at that
+runs the checkpoint at each image's own resolution instead (rounded down to whole patches; a
+side shorter than one patch is enlarged to one, with a note on stderr; the position embedding is
+resized as for init_from); `--image-size N` or `HxW` runs it at that
 resolution, images resized to it. Pixels are scaled to [-1, 1], as in training.
 
 Class names are those stored with the checkpoint (a training run stores its dataset's), those of
@@ -84,6 +85,19 @@ def model_size(image: np.ndarray, patch: tuple[int, int]) -> tuple[int, int]:
     """The resolution that runs `image` [h, w, c] as it is: h and w rounded down to whole
     patches (at least one)."""
     return tuple(max(n // p, 1) * p for n, p in zip(image.shape[:2], patch, strict=True))
+
+
+def enlarged_note(name: str, image: np.ndarray, patch: tuple[int, int]) -> str | None:
+    """The note `--fit adapt` prints for an image with a side shorter than one patch (it runs
+    enlarged to one patch there), else None."""
+    shape = tuple(image.shape[:2])
+    size = model_size(image, patch)
+    if all(n >= p for n, p in zip(shape, patch, strict=True)):
+        return None
+    return (
+        f"note: {name} is {shape[0]}x{shape[1]} pixels, smaller than one {patch[0]}x{patch[1]} "
+        f"patch; it runs enlarged to {size[0]}x{size[1]}."
+    )
 
 
 def model_input(image: np.ndarray, size: tuple[int, int], channels: int) -> np.ndarray:
@@ -162,6 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vit_jax.checkpoint import open_checkpoint
 
         checkpoint = open_checkpoint(args.checkpoint)
+        if args.fit == "adapt" and args.image_size is None:
+            patch = checkpoint.model().patch_size
+            for name, image in zip(args.images, images, strict=True):
+                if note := enlarged_note(name, image, patch):
+                    print(note, file=sys.stderr)
         logits = predict_logits(checkpoint, images, args.fit, args.image_size)
     except (ValueError, FileNotFoundError) as e:
         return user_error(e)
