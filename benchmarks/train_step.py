@@ -71,13 +71,19 @@ def parse_value(text: str):
 
 
 def parse_overrides(spec: str) -> dict:
-    """'dtype=bfloat16,scan=True' -> {"dtype": "bfloat16", "scan": True}."""
+    """'dtype=bfloat16,scan=True' -> {"dtype": "bfloat16", "scan": True}. An XLA option's value
+    may itself be a list: 'xla.F=A,B,dtype=bfloat16' -> {"xla.F": "A,B", "dtype": "bfloat16"}."""
     overrides = {}
+    key = None
     for item in filter(None, spec.split(",")):
-        key, sep, value = item.partition("=")
+        name, sep, value = item.partition("=")
+        if not sep and key is not None and key.startswith("xla."):
+            overrides[key] = f"{overrides[key]},{item.strip()}"  # the XLA list goes on
+            continue
         if not sep:
             raise SystemExit(f"error: {item!r} is not FIELD=VALUE")
-        overrides[key.strip()] = parse_value(value.strip())
+        key = name.strip()
+        overrides[key] = parse_value(value.strip())
     return overrides
 
 

@@ -65,6 +65,7 @@ def test_vit_h14_on_64_fsdp_devices_holds_a_64th_of_the_published_parameters(
 
 def test_exact_vit_h14_count_and_an_unset_class_count_taken_as_1000():
     config = base_config()
+    config.data.name = "imagenet2012"  # RGB, as its tfds definition says (no data is read)
     config.model = model_config("H/14", 224)  # num_classes unset: the dataset's at train time
     config.batch_size = config.eval_batch_size = 4096
     config.mesh.fsdp, config.mesh.data = 64, 1
@@ -101,7 +102,7 @@ def test_the_plan_matches_a_real_8_device_fsdp_placement_and_compiles_a_peak():
     # The plan against reality: place zeros of the state's shapes on an 8-device fsdp mesh.
     settings = validate(tiny_config(**{"mesh.fsdp": 8, "mesh.data": 1}))
     tx, _ = optim.make_optimizer(settings.optimizer, settings.train.total_steps)
-    abstract = cost.abstract_train_state(settings.model, tx)
+    abstract = cost.abstract_train_state(settings.model, tx, channels=1)  # grayscale digits
     mesh = sharding.make_mesh(MeshOptions(data=1, fsdp=8))
     where = sharding.state_shardings(abstract, mesh, ShardingOptions(fsdp_min_size_mb=0.0))
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
@@ -127,9 +128,32 @@ def test_cli_prints_a_table_and_refuses_user_errors_in_one_line(capsys):
         ["--devices=64", "--config.mesh.fsdp=7", "--no-compile"],  # 7 does not divide 64
         ["--devices=8", "--config.batch_size=12", "--no-compile"],  # nor does 8 divide 12
         ["--config.optimizer.nmae=sgd", "--no-compile"],
+        ["--config.data.name=no_such_dataset", "--no-compile"],
     ):
         assert memory_tool.main([config, *bad]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert memory_tool.main(["--no-compile"]) == 2
     assert capsys.readouterr().err.startswith("error: --config")
+
+
+def test_the_plan_reads_the_image_channels_from_the_data_config(tmp_path):
+    """Grayscale digits, RGB folders: the planned parameters are those the run initialises
+    (the patch embedding's kernel has one input plane per channel) and the compiled step
+    takes images with those channels; no data is read or prepared."""
+    counts = {}
+    for source, channels in (("tfds", 1), ("folder", 3)):
+        config = tiny_config(**{"data.source": source, "data.train_dir": str(tmp_path)})
+        config.data.data_dir = str(tmp_path / "tfds")  # nothing prepared there
+        plan = cost.plan_memory(config, devices=1)
+        assert plan["channels"] == channels
+        settings = validate(config)
+        tx, _ = optim.make_optimizer(settings.optimizer, settings.train.total_steps)
+        params = cost.abstract_train_state(settings.model, tx, channels)["params"]
+        assert plan["num_params"] == sum(x.size for x in jax.tree.leaves(params))
+        assert plan["peak_bytes_per_device"] > 0
+        counts[channels] = plan["num_params"]
+    patch, width = 2 * 2, 32  # Ti/2 at SMALL width: a [2, 2, C, 32] patch kernel
+    assert counts[3] - counts[1] == 2 * patch * width
+    assert not list(tmp_path.rglob("*array_record*"))  # the digits were not built
+    assert "images     1 channel\n" in cost.format_plan(cost.plan_memory(tiny_config(), 1, False))

@@ -150,17 +150,22 @@ def test_model_flops_of_published_sizes():
     assert cost.train_flops(models.create("S/16", num_classes=1000, image_size=224), 32) == (
         3 * 32 * s16["forward"]
     )
+    gray = cost.model_flops(models.create("S/16", num_classes=1000, image_size=224), channels=1)
+    assert 3 * gray["patch_embed"] == s16["patch_embed"]  # one input plane instead of three
+    assert {k: v for k, v in gray.items() if k not in ("patch_embed", "forward")} == {
+        k: v for k, v in s16.items() if k not in ("patch_embed", "forward")
+    }
 
 
 @pytest.mark.parametrize(
-    "overrides",
+    "overrides, channels",
     [
-        {},
-        {"classifier": "map", "representation_size": 48},
-        {"classifier": "gap", "posemb": "rope_mixed"},
+        ({}, 3),
+        ({"classifier": "map", "representation_size": 48}, 3),
+        ({"classifier": "gap", "posemb": "rope_mixed"}, 1),  # grayscale, like the digits
     ],
 )
-def test_analytic_flops_match_xla_on_the_unrolled_step(overrides):
+def test_analytic_flops_match_xla_on_the_unrolled_step(overrides, channels):
     import optax
 
     model = models.create(
@@ -169,10 +174,10 @@ def test_analytic_flops_match_xla_on_the_unrolled_step(overrides):
     )  # fmt: skip
     tx = optax.adamw(1e-3)
     step = make_train_step(model, tx, lambda s: 1e-3)
-    abstract = cost.abstract_train_state(model, tx)
-    compiled = jax.jit(step).lower(abstract, cost.abstract_batch(4, (64, 64))).compile()
-    xla = cost.xla_flops(compiled)
-    analytic = cost.train_flops(model, 4)
+    abstract = cost.abstract_train_state(model, tx, channels)
+    batch = cost.abstract_batch(4, (64, 64), channels)
+    xla = cost.xla_flops(jax.jit(step).lower(abstract, batch).compile())
+    analytic = cost.train_flops(model, 4, channels)
     # XLA also counts element-wise work (LayerNorm, softmax, GELU, AdamW): a few percent more.
     assert 0.85 < analytic / xla <= 1.0, (analytic, xla)
 
@@ -357,6 +362,19 @@ def test_benchmark_passes_xla_options_to_one_contender_and_refuses_unknown_ones(
     }
     config = bench.make_config("Ti/16", 32, 2, overrides)
     assert config.model.dtype == "bfloat16" and "xla." not in str(config)
+    listed = bench.parse_overrides(  # a list-valued option keeps its commas
+        "xla.xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_ELTWISE,"
+        "LIBRARY_FUSION_TYPE_REDUCE,dtype=float32"
+    )
+    assert listed == {
+        "xla.xla_cpu_experimental_ynn_fusion_type": (
+            "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"
+        ),
+        "dtype": "float32",
+    }
+    assert bench.xla_options(listed)  # XLA takes the list
+    with pytest.raises(SystemExit, match="'bfloat16' is not FIELD=VALUE"):
+        bench.parse_overrides("dtype=float32,bfloat16")
     with pytest.raises(ValueError, match="xla_no_such_flag"):
         bench.xla_options({"xla.xla_no_such_flag": 1})
     out = subprocess.run(

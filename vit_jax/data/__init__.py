@@ -13,6 +13,7 @@ from vit_jax.data.pipeline import (
     DatasetInfo,
     DatasetNotPreparedError,
     eval_batches,
+    image_channels,
     open_dataset,
     train_loader,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "UnreadableImageError",
     "data_options",
     "eval_batches",
+    "image_channels",
     "open_dataset",
     "prepare_digits",
     "scan_folder",

@@ -50,6 +50,7 @@ from vit_jax.data.transforms import (
 from vit_jax.options import unknown_choice
 
 SPLITS = ("train", "eval")
+FOLDER_CHANNELS = 3  # an image folder's files are decoded as RGB (grayscale files too)
 
 
 class DatasetNotPreparedError(ValueError):
@@ -132,18 +133,33 @@ def _tfds_builder(opts: DataOptions) -> tfds.core.DatasetBuilder:
     """The builder of `opts.name`, prepared as array_record (EMBEDDED: built here if missing)."""
     if opts.name in EMBEDDED:
         digits.prepare(EMBEDDED[opts.name], opts.data_dir)
+    builder = _tfds_definition(opts)
+    with _quiet_about_missing_preparation():
+        prepared = builder.is_prepared()
+    if not prepared:
+        raise _not_prepared(opts)
+    return builder
+
+
+def _tfds_definition(opts: DataOptions) -> tfds.core.DatasetBuilder:
+    """The builder of `opts.name` as its code defines it (features, splits), prepared or not."""
     with _quiet_about_missing_preparation():
         try:
-            builder = tfds.builder(opts.name, data_dir=opts.data_dir)
+            return tfds.builder(opts.name, data_dir=opts.data_dir)
         except tfds.core.registered.DatasetNotFoundError as error:
             raise ValueError(
                 f"Unknown tfds dataset {opts.name!r} (data.name). Use a tfds catalog name such "
                 f"as '{digits.NAME}', 'cifar10' or 'imagenet2012', or data.source='folder'."
             ) from error
-        prepared = builder.is_prepared()
-    if not prepared:
-        raise _not_prepared(opts)
-    return builder
+
+
+def image_channels(opts: DataOptions) -> int:
+    """The channels the model's input images will have (1 grayscale, 3 RGB), without reading
+    or preparing any data: a folder's images are read as RGB, a tfds dataset's as its image
+    feature declares. Raises ValueError for an unknown tfds name."""
+    if opts.source == "folder":
+        return FOLDER_CHANNELS
+    return _tfds_channels(_tfds_definition(opts))
 
 
 @contextlib.contextmanager
@@ -275,7 +291,7 @@ def open_dataset(opts: DataOptions) -> Dataset:
     if opts.source == "folder":
         indices = _folder_indices(opts)
         raw = {split: ImageFolderSource(index) for split, index in indices.items()}
-        info = _info(raw, indices["train"].classes, channels=3)
+        info = _info(raw, indices["train"].classes, channels=FOLDER_CHANNELS)
     else:
         raw, info = _tfds_sources(opts)
     sources = {split: _wrap(source, opts) for split, source in raw.items()}

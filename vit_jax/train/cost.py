@@ -40,8 +40,9 @@ more than this machine has):
   batch), so treat it as an order of magnitude, not a budget. Under FSDP the one-device step
   holds full-size gradients, so the temporaries are an upper bound there.
 
-Nothing here opens a dataset: an unset `model.num_classes` is taken as 1000 (ImageNet-1k) and
-images have 3 channels.
+Nothing here opens a dataset: an unset `model.num_classes` is taken as 1000 (ImageNet-1k),
+and images have the channels the data config declares (`vit_jax.data.image_channels`: the
+tfds dataset's image feature, or RGB for an image folder) without any data being read.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from vit_jax.data import image_channels
 from vit_jax.options import check, read
 from vit_jax.train import optim, sharding
 from vit_jax.train.config import SECTIONS, TrainOptions, validate
@@ -67,22 +69,23 @@ from vit_jax.train.state import create_state, init_params
 from vit_jax.train.step import make_train_step
 
 DEFAULT_NUM_CLASSES = 1000  # an unset model.num_classes (the dataset's at train time)
-CHANNELS = 3
+CHANNELS = 3  # RGB: where no dataset says otherwise (the benchmark's ImageNet-like batches)
 
 
 # ---------------------------------------------------------------------------------------------
 # FLOPs
 
 
-def model_flops(model) -> dict[str, int]:
-    """Forward-pass FLOPs of ONE image through `model` (a VisionTransformer), matrix products
-    only, 2 per multiply-add, by part: {"patch_embed", "attention_projections",
-    "attention_products", "mlp", "pooling", "head", "forward"} (forward = their sum)."""
+def model_flops(model, channels: int = CHANNELS) -> dict[str, int]:
+    """Forward-pass FLOPs of ONE image of `channels` channels through `model` (a
+    VisionTransformer), matrix products only, 2 per multiply-add, by part: {"patch_embed",
+    "attention_projections", "attention_products", "mlp", "pooling", "head", "forward"}
+    (forward = their sum)."""
     (h, w), (ph, pw) = model.grid, model.patch_size
     d, m, layers = model.hidden_size, model.mlp_dim, model.num_layers
     n = h * w + model.num_prefix_tokens
     parts = {
-        "patch_embed": 2 * h * w * ph * pw * CHANNELS * d,
+        "patch_embed": 2 * h * w * ph * pw * channels * d,
         "attention_projections": layers * 2 * n * d * 4 * d,  # q, k, v, out
         "attention_products": layers * 2 * 2 * n * n * d,  # q kᵀ, weights v
         "mlp": layers * 2 * 2 * n * d * m,
@@ -101,10 +104,10 @@ def model_flops(model) -> dict[str, int]:
     return parts
 
 
-def train_flops(model, batch_size: int) -> int:
+def train_flops(model, batch_size: int, channels: int = CHANNELS) -> int:
     """Model FLOPs of one training step on `batch_size` images: 3 x forward (the backward
     pass computes the gradients of both operands of every product)."""
-    return 3 * model_flops(model)["forward"] * batch_size
+    return 3 * model_flops(model, channels)["forward"] * batch_size
 
 
 def xla_flops(compiled) -> float | None:
@@ -241,11 +244,16 @@ def tree_bytes_per_device(tree, specs, fsdp: int) -> int:
     )
 
 
-def abstract_train_state(model, tx: optax.GradientTransformation, channels: int = CHANNELS):
-    """Shapes and dtypes of the train state {"step", "params", "opt_state", "rng"}, as
-    `vit_jax.train.loop.Run.abstract_state` makes them; nothing is allocated."""
-    rng = jax.random.PRNGKey(0)
-    return jax.eval_shape(lambda: create_state(init_params(model, rng, channels), tx, rng))
+_KEY = jax.ShapeDtypeStruct((2,), np.uint32)  # the shape of a PRNGKey
+
+
+def abstract_train_state(
+    model, tx: optax.GradientTransformation, channels: int = CHANNELS, rng=_KEY
+) -> dict:
+    """Shapes and dtypes of the train state {"step", "params", "opt_state", "rng"} of `model`
+    and `tx` for images of `channels` channels; nothing is computed or allocated. `rng`: a key
+    or its shape."""
+    return jax.eval_shape(lambda r: create_state(init_params(model, r, channels), tx, r), rng)
 
 
 def state_bytes_per_device(abstract_state, fsdp: int, opts: ShardingOptions) -> dict[str, int]:
@@ -307,6 +315,7 @@ class Planned:
     devices: int
     mesh: dict[str, int]
     num_classes_assumed: bool
+    channels: int
 
 
 def check_config(config: ml_collections.ConfigDict, devices: int) -> Planned:
@@ -342,8 +351,16 @@ def check_config(config: ml_collections.ConfigDict, devices: int) -> Planned:
         local.parallel = "jit"
         local.batch_size = local.eval_batch_size = jax.device_count() * train.grad_accum_steps
     settings = validate(local)
+    channels = image_channels(settings.data)
     return Planned(
-        settings.model, train, settings.optimizer, settings.sharding, devices, shape, assumed
+        settings.model,
+        train,
+        settings.optimizer,
+        settings.sharding,
+        devices,
+        shape,
+        assumed,
+        channels,
     )
 
 
@@ -359,7 +376,8 @@ def step_memory(planned: Planned, tx, schedule, abstract_state, batch: int) -> d
         mixup_alpha=train.mixup_alpha,
         grad_accum_steps=train.grad_accum_steps,
     )
-    return compiled_step_memory(step, abstract_state, abstract_batch(batch, model.image_size))
+    batch = abstract_batch(batch, model.image_size, planned.channels)
+    return compiled_step_memory(step, abstract_state, batch)
 
 
 def plan_memory(
@@ -381,7 +399,7 @@ def plan_memory(
     planned = check_config(config, jax.device_count() if devices is None else devices)
     model, train = planned.model, planned.train
     tx, schedule = optim.make_optimizer(planned.optimizer, train.total_steps)
-    abstract = abstract_train_state(model, tx)
+    abstract = abstract_train_state(model, tx, planned.channels)
     state = state_bytes_per_device(abstract, planned.mesh[FSDP], planned.sharding)
     state_total = state["params"] + state["opt_state"] + state["other"]
     per_device = train.batch_size // planned.devices
@@ -394,6 +412,7 @@ def plan_memory(
         "num_params": state["num_params"],
         "num_classes": model.num_classes,
         "num_classes_assumed": planned.num_classes_assumed,
+        "channels": planned.channels,
         "global_batch_size": train.batch_size,
         "per_device_batch_size": per_device,
         "params_bytes_per_device": state["params"],
@@ -421,6 +440,7 @@ def format_plan(plan: Mapping[str, Any]) -> str:
     rows = [
         ("model", f"{plan['variant']}, {plan['num_params']:,} parameters"),
         ("classes", f"{plan['num_classes']}{assumed}"),
+        ("images", f"{plan['channels']} channel{'s' if plan['channels'] > 1 else ''}"),
         ("devices", str(plan["devices"])),
         ("mesh", f"data={mesh['data']} x fsdp={mesh['fsdp']}"),
         ("batch", f"{plan['global_batch_size']} global, {batch} per device"),

@@ -238,14 +238,6 @@ class Run:
     config_dict: dict
 
 
-_KEY = jax.ShapeDtypeStruct((2,), np.uint32)  # the shape of a PRNGKey, for abstract states
-
-
-def abstract_state(model, tx: optax.GradientTransformation, channels: int, rng) -> dict:
-    """Shapes and dtypes of the train state of `model` and `tx`, without computing it."""
-    return jax.eval_shape(lambda r: create_state(init_params(model, r, channels), tx, r), rng)
-
-
 def train_and_evaluate(config, workdir: str, dataset: data.Dataset | None = None) -> dict:
     """Trains `config` in `workdir` (resuming if it holds checkpoints) and evaluates it.
     `dataset`: the dataset `config.data` describes, already opened (`data.open_dataset`), for a
@@ -304,7 +296,7 @@ def set_up(config, workdir: str, dataset: data.Dataset | None = None) -> Run:
     config_dict[layout.CLASS_NAMES] = list(dataset.info.class_names)  # for vit_jax.predict
     par = parallel.make(train.parallel, mesh=settings.mesh, options=settings.sharding)
     # The sharding overrides are checked against the parameters before anything is written.
-    par.state_shardings(abstract_state(settings.model, tx, dataset.info.channels, _KEY))
+    par.state_shardings(cost.abstract_train_state(settings.model, tx, dataset.info.channels))
     manager = ckpt.open_manager(
         workdir,
         keep=train.keep_checkpoints,
@@ -325,7 +317,7 @@ def initial_state(run: Run):
     resolved config is written to WORKDIR/config.json."""
     settings, model, channels = run.settings, run.settings.model, run.dataset.info.channels
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(settings.train.seed))
-    abstract = abstract_state(model, run.tx, channels, train_rng)
+    abstract = cost.abstract_train_state(model, run.tx, channels, train_rng)
     shardings = run.par.state_shardings(abstract)
     state = None
     if run.manager.latest_step() is None:  # init_from is read and checked before any data loads
@@ -434,7 +426,8 @@ class Throughput:
 
     @classmethod
     def of(cls, run: Run) -> Throughput:
-        return cls(cost.train_flops(run.settings.model, 1), cost.peak_holders(), cost.peak_flops())
+        flops = cost.train_flops(run.settings.model, 1, run.dataset.info.channels)
+        return cls(flops, cost.peak_holders(), cost.peak_flops())
 
     def describe(self) -> str:
         return (
