@@ -324,7 +324,10 @@ def test_inspect_returns_attention_maps_per_layer():
         (dict(posemb="learned+sincos2d"), "is not a valid position embedding"),
         (dict(classifier="cls"), "classifier='cls' is unknown"),
         (dict(patch_embed="mlp"), "patch_embed='mlp' is unknown"),
-        (dict(dtype="float33"), "dtype='float33' is not a dtype"),
+        (dict(dtype="float33"), "dtype='float33' is not a floating-point dtype"),
+        (dict(param_dtype="int32"), "param_dtype='int32' is not a floating-point dtype"),
+        (dict(image_size="16"), "image_size='16' must be an int or a pair of ints"),
+        (dict(image_size=(16.5, 16)), "image_size=(16.5, 16) must be an int or a pair of ints"),
         (dict(posmb="learned"), "model.posmb is not a field in model (did you mean 'posemb'?)"),
     ],
 )
@@ -339,6 +342,19 @@ def test_bad_configurations_raise_one_clear_error(overrides, message):
         .replace("+", r"\+"),
     ):
         models.create("Ti/4", num_classes=5, image_size=image_size, **kwargs)
+
+
+def test_dtypes_may_be_given_as_jax_or_numpy_dtypes():
+    """jnp.bfloat16 as Flax users write it, np.dtype objects and names: the same model."""
+    for given in (jnp.bfloat16, jnp.dtype("bfloat16"), "bfloat16"):
+        model = small((16, 16), "Ti/4", dtype=given, param_dtype=np.float32)
+        assert (model.dtype, model.param_dtype) == ("bfloat16", "float32")
+        assert model.clone(image_size=(32, 32)).dtype == "bfloat16"
+    model = small((16, 16), "Ti/4", dtype=jnp.bfloat16)
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype("float32")}
+    logits = jax.eval_shape(model.apply, params, jnp.zeros((1, 16, 16, 3)))
+    assert logits.dtype == jnp.float32  # bf16 products accumulate in float32
 
 
 @pytest.mark.parametrize("variant", ["X/16", "B/", "B/0", "B16", "B/16y8"])

@@ -25,6 +25,22 @@ import jax.numpy as jnp
 LOW_PRECISION = (jnp.bfloat16, jnp.float16)
 
 
+def dtype_name(value, field: str = "dtype") -> str:
+    """The name of a floating dtype given as a name, a NumPy/JAX dtype or a scalar type
+    ('bfloat16', jnp.bfloat16, np.dtype('float32'), float -> 'float64'); ValueError for
+    anything else, e.g. 'int32' (a model computes and stores its parameters in floats)."""
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"{field}={value!r} is not a floating-point dtype; use 'float32', 'bfloat16' or "
+            "'float16' (or jnp.bfloat16, ...)."
+        )
+    return dtype.name
+
+
 def is_low(dtype) -> bool:
     """True for the 16-bit compute dtypes that accumulate in float32."""
     return jnp.dtype(dtype) in {jnp.dtype(t) for t in LOW_PRECISION}
@@ -48,4 +64,4 @@ def einsum(spec: str, *operands: jax.Array, dtype) -> jax.Array:
     return jnp.einsum(spec, *operands, preferred_element_type=accumulation(dtype))
 
 
-__all__ = ["LOW_PRECISION", "accumulation", "dot_general", "einsum", "is_low"]
+__all__ = ["LOW_PRECISION", "accumulation", "dot_general", "dtype_name", "einsum", "is_low"]

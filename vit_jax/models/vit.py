@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 
 import chex
 import flax.linen as nn
@@ -317,8 +318,8 @@ class VisionTransformer(nn.Module):
         "backend), 'reference', 'fused', or jax.nn.dot_product_attention's 'xla' / 'cudnn'",
         choices=ATTENTION_IMPLS,
     )
-    dtype: str | jnp.dtype = option("float32", "compute dtype, e.g. 'bfloat16'", type=None)
-    param_dtype: str | jnp.dtype = option("float32", "storage dtype of the parameters", type=None)
+    dtype: str = option("float32", "compute dtype: 'float32', 'bfloat16' or 'float16'")
+    param_dtype: str = option("float32", "storage dtype of the parameters, e.g. 'float32'")
 
     def __post_init__(self):
         # Accept an int for square images and patches, as create() does.
@@ -326,6 +327,8 @@ class VisionTransformer(nn.Module):
         object.__setattr__(self, "patch_size", as_pair(self.patch_size, "patch_size"))
         if self.posemb_grid is not None:
             object.__setattr__(self, "posemb_grid", as_pair(self.posemb_grid, "posemb_grid"))
+        for field in ("dtype", "param_dtype"):  # jnp.bfloat16 as well as "bfloat16"
+            object.__setattr__(self, field, precision.dtype_name(getattr(self, field), field))
         validate(self)
         super().__post_init__()
 
@@ -571,13 +574,6 @@ def validate(m: VisionTransformer) -> None:
             f"hidden_size={m.hidden_size} is not divisible by num_heads={m.num_heads}: "
             "pick a number of heads that divides the width."
         )
-    for field in ("dtype", "param_dtype"):
-        try:
-            jnp.dtype(getattr(m, field))
-        except TypeError:
-            raise ValueError(
-                f"{field}={getattr(m, field)!r} is not a dtype; use e.g. 'float32' or 'bfloat16'."
-            ) from None
     if m.attention_impl in LIBRARY_IMPLS and m.attention_dropout_rate > 0:
         raise ValueError(
             f"attention_impl={m.attention_impl!r} (jax.nn.dot_product_attention) has no "
@@ -588,16 +584,15 @@ def validate(m: VisionTransformer) -> None:
 
 
 def as_pair(value: int | tuple[int, int] | list[int], field: str) -> tuple[int, int]:
-    """An int or a 2-sequence of ints -> (rows, cols)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value, value)
-    try:
-        pair = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        pair = ()
-    if len(pair) != 2:
-        raise ValueError(f"{field}={value!r} must be an int or a pair (rows, cols).")
-    return pair
+    """An int or a 2-sequence of ints -> (rows, cols). Anything else (a string, a float, three
+    numbers) raises ValueError: nothing is parsed or rounded."""
+    is_int = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if is_int(value):
+        return (int(value), int(value))
+    pair = () if isinstance(value, str) else tuple(value) if hasattr(value, "__iter__") else ()
+    if len(pair) != 2 or not all(is_int(v) for v in pair):
+        raise ValueError(f"{field}={value!r} must be an int or a pair of ints (rows, cols).")
+    return (int(pair[0]), int(pair[1]))
 
 
 def create(
