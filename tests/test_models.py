@@ -322,6 +322,7 @@ def test_inspect_returns_attention_maps_per_layer():
         (dict(posemb="sincos1d", hidden_size=33, num_heads=3), "posemb='sincos1d'"),
         (dict(posemb="rotary"), "posemb='rotary' is not a valid position embedding"),
         (dict(posemb="learned+sincos2d"), "is not a valid position embedding"),
+        (dict(posemb="none+relative"), "joins nothing; write posemb='relative'"),
         (dict(classifier="cls"), "classifier='cls' is unknown"),
         (dict(patch_embed="mlp"), "patch_embed='mlp' is unknown"),
         (dict(dtype="float33"), "dtype='float33' is not a floating-point dtype"),

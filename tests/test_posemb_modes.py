@@ -161,6 +161,48 @@ def test_a_restore_at_twice_the_grid_depends_on_the_mode_and_remembers_the_grid(
     assert np.abs(outputs["interpolate"] - outputs["extrapolate"]).max() > 1e-3
 
 
+def test_a_restore_that_cannot_interpolate_for_the_model_says_how_to(tmp_path, capsys):
+    """sincos and RoPE store nothing to resize: an interpolating model that does not know the
+    trained grid would use its own integer positions; the report says how to give it."""
+    path = tmp_path / "trained.npz"
+    trained = tiny((8, 12), "learned+rope_axial")
+    config = config_of((8, 12), "learned+rope_axial")
+    checkpoint.export_npz(path, random_params(trained), config=config)
+    plain = tiny((16, 24), "learned+rope_axial", posemb_mode="interpolate")
+    _, report = checkpoint.restore_into(path, plain, jax.random.key(0))
+    note = (
+        "note: rope_axial is computed from patch positions, which posemb_mode='interpolate' "
+        "scales to the grid it was trained on (2x3), but model.posemb_grid is unset, so this "
+        "4x6 model will use its own integer positions: build it with posemb_grid=(2, 3), e.g. "
+        "vit_jax.checkpoint.with_trained_grid(model, path)."
+    )
+    assert capsys.readouterr().out.rstrip().endswith(note) and len(report.notes) == 1
+    quiet = [  # told the grid; no interpolation asked; its own grid; nothing computed
+        checkpoint.with_trained_grid(plain, path),
+        plain.clone(posemb_mode="extrapolate"),
+        tiny((8, 12), "learned+rope_axial", posemb_mode="interpolate"),
+        tiny((16, 24), "learned+relative", posemb_mode="interpolate"),
+    ]
+    for model in quiet[:3]:
+        assert not checkpoint.restore_into(path, model, jax.random.key(0))[1].notes
+    other = tmp_path / "relative.npz"
+    checkpoint.export_npz(
+        other, random_params(tiny((8, 12), "learned+relative")),
+        config=config_of((8, 12), "learned+relative"),
+    )  # fmt: skip
+    assert not checkpoint.restore_into(other, quiet[3], jax.random.key(0))[1].notes
+    assert "note:" not in capsys.readouterr().out
+    # pretrained() and predict build the model at a new size knowing the trained grid.
+    model, params = checkpoint.pretrained(
+        path, image_size=(16, 24), posemb_mode="interpolate", verbose=False
+    )
+    assert model.posemb_grid == (2, 3) and model.grid == (4, 6)
+    told = checkpoint.with_trained_grid(plain, path)
+    expected, _ = checkpoint.restore_into(path, told, jax.random.key(0), verbose=False)
+    np.testing.assert_array_equal(logits(model, params), logits(told, expected))
+    assert checkpoint.open_checkpoint(path).model().posemb_grid is None  # its own grid
+
+
 def test_a_fine_tuning_run_remembers_the_original_grid(tmp_path):
     first = tmp_path / "first.npz"  # trained at grid 2x2
     checkpoint.export_npz(

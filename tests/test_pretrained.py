@@ -149,7 +149,8 @@ def test_flax_msgpack_checkpoints_load_as_stored(tmp_path, layout_of):
     assert meta["format"] == "msgpack"
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
     model2, restored = vit_jax.pretrained(path, image_size=32, verbose=False)
-    assert model2 == tiny(image_size=32)  # the model, told by the shapes alone
+    # the model, told by the shapes alone, and the grid its embedding was trained on
+    assert model2 == tiny(image_size=32, posemb_grid=(4, 4))
     assert restored["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 65, 32)
 
 

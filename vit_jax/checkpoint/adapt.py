@@ -41,7 +41,7 @@ from vit_jax.checkpoint.report import (
     Shape,
 )
 from vit_jax.models import VisionTransformer, patch_embed, paths, resize
-from vit_jax.models.posemb import Layout, ParamRule, learned, param_rule
+from vit_jax.models.posemb import Layout, ParamRule, learned, param_rule, split_posemb
 from vit_jax.models.scan import scan_params, unscan_params
 
 # Parameters that may be absent on either side: a new task or pooling, not another architecture.
@@ -61,10 +61,11 @@ class Plan:
     entries: tuple[Entry, ...]
     builders: dict[str, Builder]
     dtypes: dict[str, jnp.dtype]
+    notes: tuple[str, ...] = ()
 
     @property
     def report(self) -> Report:
-        return Report(self.source, self.entries)
+        return Report(self.source, self.entries, self.notes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +315,27 @@ def plan(
         entries.append(entry)
     entries += [_dropped(ctx, key) for key in sorted(ctx.stored) if key not in ctx.target]
     dtypes = {k: v.dtype for k, v in paths.flatten(target_tree).items()}
-    return Plan(ctx.source, per_block, channels, tuple(entries), builders, dtypes)
+    notes = tuple(filter(None, [_reference_grid_note(model, arch.posemb_grid)]))
+    return Plan(ctx.source, per_block, channels, tuple(entries), builders, dtypes, notes)
+
+
+def _reference_grid_note(model: VisionTransformer, trained) -> str | None:
+    """What to do when `model` interpolates an embedding computed from patch positions
+    (sincos, RoPE: nothing stored to resize) but does not know the `trained` grid to scale
+    them to: it would use its own grid's integer positions instead."""
+    computed = [v.name for v in split_posemb(model.posemb) if v is not None and v.positions]
+    if not computed or model.posemb_mode != "interpolate" or model.posemb_grid is not None:
+        return None
+    if trained is None or tuple(trained) == model.grid:
+        return None
+    (h, w), (th, tw) = model.grid, trained
+    return (
+        f"{' and '.join(computed)} is computed from patch positions, which "
+        f"posemb_mode='interpolate' scales to the grid it was trained on ({th}x{tw}), but "
+        f"model.posemb_grid is unset, so this {h}x{w} model will use its own integer "
+        f"positions: build it with posemb_grid=({th}, {tw}), e.g. "
+        "vit_jax.checkpoint.with_trained_grid(model, path)."
+    )
 
 
 def execute(plan: Plan, params: dict, rng: jax.Array, *, scan: bool) -> dict:

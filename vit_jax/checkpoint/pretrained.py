@@ -49,6 +49,7 @@ class Checkpoint:
     fields: dict
     channels: int
     class_names: tuple[str, ...] | None
+    trained_grid: tuple[int, int] | None = None  # see restore.trained_grid
 
     def model(
         self,
@@ -59,7 +60,9 @@ class Checkpoint:
     ) -> models.VisionTransformer:
         """The stored model, or its architecture with another class count (`pre_logits`
         dropped unless `representation_size` is given) or resolution (int or (H, W));
-        `overrides` set any other field (dtype="bfloat16", ...)."""
+        `overrides` set any other field (dtype="bfloat16", ...). At another resolution the
+        model's posemb_grid is the grid the embedding was trained on (unless given), so that
+        posemb_mode="interpolate" scales computed positions (sincos, RoPE) to it."""
         fields = dict(self.fields)
         if num_classes is not None and num_classes != fields["num_classes"]:
             fields.update(num_classes=num_classes, representation_size=None)
@@ -72,7 +75,10 @@ class Checkpoint:
                 "model has either a fixed (sinusoidal) position embedding or none: pass "
                 "posemb='sincos2d' (or 'sincos1d', 'rope_axial', 'none', ...)."
             )
-        return models.build(fields)
+        model = models.build(fields)
+        if model.posemb_grid is None and self.trained_grid not in (None, model.grid):
+            model = model.clone(posemb_grid=self.trained_grid)
+        return model
 
 
 def open_checkpoint(source: str | os.PathLike) -> Checkpoint:
@@ -92,7 +98,8 @@ def open_checkpoint(source: str | os.PathLike) -> Checkpoint:
     else:
         fields = _inferred_fields(arch, path)
     names = _class_names(config, entry, fields["num_classes"])
-    return Checkpoint(path, meta, fields, arch.channels, names)
+    grid = None if arch.posemb_grid is None else tuple(arch.posemb_grid)
+    return Checkpoint(path, meta, fields, arch.channels, names, grid)
 
 
 def pretrained(

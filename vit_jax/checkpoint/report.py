@@ -41,6 +41,7 @@ class Report:
 
     source: str
     entries: tuple[Entry, ...]
+    notes: tuple[str, ...] = ()  # what the restore cannot do for the model, printed last
 
     def keys(self, action: str) -> list[str]:
         """Keys with the given action (LOADED, RESIZED, CONVERTED, REINIT or DROPPED)."""
@@ -60,6 +61,7 @@ class Report:
                     for (action, key, *rest), n in rows.items()
                 ]
             )
+            + [f"note: {note}" for note in self.notes]
         )
 
 

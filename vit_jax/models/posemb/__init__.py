@@ -79,6 +79,12 @@ def split_posemb(posemb: str) -> tuple[Variant, Variant | None]:
             )
         if variant is NONE and "+" not in posemb:
             continue
+        if variant is NONE:
+            others = "+".join(p for p in posemb.split("+") if p != NONE.name) or NONE.name
+            raise ValueError(
+                f"posemb={posemb!r}: 'none' means no position embedding and joins nothing; "
+                f"write posemb={others!r}."
+            )
         if not variant.acts_on_attention and additive is NONE and variant is not NONE:
             additive = variant
         elif variant.acts_on_attention and attention is None:

@@ -216,6 +216,9 @@ class Variant:
       (float32).
     check: (model) -> None, raising ValueError if the variant cannot be built with its fields.
     params: the parameters it stores, each with its rule.
+    positions: computed from the patch coordinates (`Position.coordinates`): off the grid it
+      was trained on, what it gives depends on `posemb_mode` and the reference grid
+      (`posemb_grid`), not on anything stored.
     doc: one line for listings.
     """
 
@@ -226,6 +229,7 @@ class Variant:
     bias: Callable[..., jax.Array] | None = None
     check: Callable[[Any], None] = always_valid
     params: tuple[ParamRule, ...] = ()
+    positions: bool = False
 
     @property
     def acts_on_attention(self) -> bool:

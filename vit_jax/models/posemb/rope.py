@@ -161,11 +161,18 @@ def check(model) -> None:
         )
 
 
-AXIAL = Variant("rope_axial", "fixed 2D rotary q/k (RoPE-Axial)", rotate=_rotate_axial, check=check)
+AXIAL = Variant(
+    "rope_axial",
+    "fixed 2D rotary q/k (RoPE-Axial)",
+    rotate=_rotate_axial,
+    check=check,
+    positions=True,
+)
 MIXED = Variant(
     "rope_mixed",
     "rotary q/k with learned 2D frequencies per layer and head (RoPE-Mixed)",
     rotate=_rotate_mixed,
     check=check,
     params=(grid_independent(FREQUENCIES, "rope_mixed"),),
+    positions=True,
 )

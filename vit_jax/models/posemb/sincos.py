@@ -89,6 +89,12 @@ def _check_2d(model) -> None:
 
 
 SINCOS1D = Variant(
-    "sincos1d", "fixed 1D sinusoids of the patch index", add=_add_1d, check=_check_1d
+    "sincos1d",
+    "fixed 1D sinusoids of the patch index",
+    add=_add_1d,
+    check=_check_1d,
+    positions=True,
 )
-SINCOS2D = Variant("sincos2d", "fixed 2D sinusoids (big_vision)", add=_add_2d, check=_check_2d)
+SINCOS2D = Variant(
+    "sincos2d", "fixed 2D sinusoids (big_vision)", add=_add_2d, check=_check_2d, positions=True
+)
