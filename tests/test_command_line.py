@@ -45,6 +45,24 @@ def test_the_digits_config_trains_a_zoo_model_when_given_a_variant():
     assert models.build(patched).variant.startswith("custom/2 (hidden_size=96")
 
 
+def test_a_variant_override_says_which_sizes_the_config_keeps(capsys):
+    from vit_jax import models
+
+    kept = command_line.load("digits", [("model.variant", "S/8")]).model
+    assert (models.build(kept).hidden_size, models.build(kept).patch_size) == (96, (8, 8))
+    note = capsys.readouterr().err
+    assert note.startswith("note: model.variant='S/8' gives the patch size, but the config sets ")
+    assert "hidden_size=96, num_layers=4, num_heads=4, mlp_dim=192" in note
+    unset = [(f"model.{n}", "None") for n in ("hidden_size", "num_layers", "num_heads", "mlp_dim")]
+    zoo_model = models.build(command_line.load("digits", [("model.variant", "S/8"), *unset]).model)
+    assert zoo_model.variant == "S/8" and capsys.readouterr().err == ""
+    command_line.load("imagenet2012", [("model.variant", "S/16")])  # sizes unset: the variant's
+    assert capsys.readouterr().err == ""
+    command_line.load("digits", [("model.variant", "S/8"), ("model.hidden_size", "64")])
+    note = capsys.readouterr().err
+    assert "sets num_layers=4" in note and "hidden_size" not in note  # 64 was asked for
+
+
 @pytest.mark.parametrize(
     "spec,message",
     [

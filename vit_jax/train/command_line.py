@@ -20,13 +20,14 @@ that is not of the field's type. The values themselves are checked by `validate`
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Sequence
 
 import ml_collections
 
 from vit_jax.models import zoo
 from vit_jax.options import did_you_mean, from_text, unknown_field
-from vit_jax.train.config import config_from_file, timm_to_ours
+from vit_jax.train.config import SIZE_FIELDS, config_from_file, timm_to_ours
 
 PREFIX = "--config."
 _TYPES = (bool, int, float, str, tuple)
@@ -83,9 +84,33 @@ def load(spec: str, overrides: Iterable[tuple[str, str]] = ()) -> ml_collections
     name_or_path, sep, arg = spec.partition(":")
     config = config_from_file(config_file(name_or_path), arg if sep else None)
     config.lock()
+    overrides = list(overrides)
     for field, text in overrides:
         override(config, field, text)
+    if note := variant_note(config, [field for field, _ in overrides]):
+        print(f"note: {note}", file=sys.stderr)
     return config
+
+
+def variant_note(config: ml_collections.ConfigDict, overridden: Sequence[str]) -> str | None:
+    """What a `--config.model.variant` override does not do: sizes that the config file sets
+    itself (and the command line does not) win over the variant's; None if there are none."""
+    if "model.variant" not in overridden or "model" not in config:
+        return None
+    kept = {
+        name: config.model.get(name)
+        for name in SIZE_FIELDS
+        if config.model.get(name) is not None and f"model.{name}" not in overridden
+    }
+    if not kept:
+        return None
+    sizes = ", ".join(f"{name}={value}" for name, value in kept.items())
+    unset = " ".join(f"--config.model.{name}=None" for name in kept)
+    return (
+        f"model.variant={config.model.variant!r} gives the patch size, but the config sets "
+        f"{sizes} itself, and those stay; for the variant's sizes add {unset} (or pass the "
+        "variant as the config's argument if it takes one, e.g. --config=digits:variant=S/4)."
+    )
 
 
 def override(config: ml_collections.ConfigDict, field: str, text: str) -> None:

@@ -43,7 +43,7 @@ from vit_jax.train.optim import OptimizerOptions
 from vit_jax.train.sharding import MeshOptions, ShardingOptions
 
 # Size fields come from the variant string ("B/16"); a value set here overrides it.
-_SIZE_FIELDS = ("hidden_size", "num_layers", "num_heads", "mlp_dim")
+SIZE_FIELDS = ("hidden_size", "num_layers", "num_heads", "mlp_dim")
 
 
 def model_config(
@@ -59,7 +59,7 @@ def model_config(
     cfg.num_classes = config_dict.placeholder(int)
     # A pair, so that --config.model.image_size="(224, 160)" works for non-square images.
     cfg.image_size = as_pair(fields.pop("image_size"), "image_size")
-    for name in _SIZE_FIELDS:
+    for name in SIZE_FIELDS:
         cfg[name] = config_dict.placeholder(int)
     cfg.patch_size = config_dict.placeholder(tuple)  # None: the variant's
     for key, value in fields.items():
