@@ -264,6 +264,32 @@ def test_another_patch_size_resizes_only_the_patch_kernel():
     )
 
 
+def test_rgb_and_grayscale_checkpoints_convert_to_the_other_channel_count():
+    """An RGB checkpoint restored for grayscale images: each gray image x gives the logits the
+    RGB model gave (x, x, x); a grayscale one restored for RGB: (x, x, x) gives x's logits."""
+    model = tiny(image_size=16, variant="Ti/4")
+    gray = np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 1)).astype(np.float32)
+    rgb = np.repeat(gray, 3, axis=-1)
+    apply = lambda p, x: np.asarray(model.apply({"params": p}, x))
+    for stored_channels, channels in ((3, 1), (1, 3)):
+        params = random_params(model, channels=stored_channels)
+        new, report = checkpoint.adapt_params(params, model, jax.random.key(0), channels=channels)
+        assert new["embedding"]["kernel"].shape[2] == channels
+        assert report.keys(report_lib.CONVERTED) == ["embedding/kernel"]
+        before, after = (rgb, gray) if stored_channels == 3 else (gray, rgb)
+        np.testing.assert_allclose(apply(new, after), apply(params, before), atol=2e-5)
+    # with a new patch size as well: both conversions, one entry
+    _, report = checkpoint.adapt_params(
+        random_params(model), tiny(32, "Ti/8"), jax.random.key(0), channels=1
+    )
+    (entry,) = [e for e in report.entries if e.key == "embedding/kernel"]
+    assert entry.action == report_lib.RESIZED and "3 → 1 image channels" in entry.note
+    kernel = normal((4, 4, 3, 8))  # 3 -> 4 channels: planes repeated cyclically, scaled 3/4
+    np.testing.assert_allclose(
+        patch_embed.convert_channels(kernel, 4), kernel[:, :, [0, 1, 2, 0]] * 0.75, rtol=1e-6
+    )
+
+
 def test_a_new_class_count_reinitialises_the_head_and_pre_logits_as_asked():
     params = random_params(tiny(representation_size=16))
     rng = jax.random.key(0)

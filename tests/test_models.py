@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import re
 
 import chex
 import jax
@@ -367,6 +368,28 @@ def test_unknown_variant_strings_raise(variant):
 def test_variant_strings_decode_non_square_patches():
     assert models.decode_variant("S/16x8")["patch_size"] == (16, 8)
     assert models.decode_variant("L/14")["num_layers"] == 24
+
+
+def test_inputs_and_parameters_the_model_cannot_mean_are_refused_with_what_to_do():
+    model = small((16, 16), "Ti/4")
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    apply = lambda m, p, x: jax.eval_shape(m.apply, p, x)
+    cases = [
+        (model, params, jnp.zeros((16, 16, 3)), "add a batch axis: images[None]"),
+        (model, params, jnp.zeros((1, 16, 16, 3), jnp.uint8), "floats in [-1, 1]"),
+        (model, params, jnp.zeros((1, 3, 16, 16)), "look channels-first"),
+        (model, params, jnp.zeros((1, 16, 16, 1)), "1 channel given to parameters made for 3"),
+        (model.clone(scan=True), params, jnp.zeros((1, 16, 16, 3)), "scan_params(params)"),
+        (small((32, 32), "Ti/4"), params, jnp.zeros((1, 32, 32, 3)), "adapt_params(params"),
+    ]
+    for m, p, x, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            apply(m, p, x)
+    scanned = jax.eval_shape(
+        model.clone(scan=True).init, jax.random.key(0), jnp.zeros((1, 16, 16, 3))
+    )
+    with pytest.raises(ValueError, match=re.escape("unscan_params(params)")):
+        apply(model, scanned, jnp.zeros((1, 16, 16, 3)))
 
 
 def test_input_of_another_size_is_refused_with_a_hint():

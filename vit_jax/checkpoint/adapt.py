@@ -5,9 +5,10 @@ Two steps, so that a checkpoint that cannot fit fails before anything is read or
 1. `plan(shapes, meta, model, ...)` compares the stored shapes with the model's abstract
    parameters (`jax.eval_shape(model.init, ...)`, per-block layout) and decides, per parameter:
    loaded as is, resized (from → to), converted (class-token row moved), re-initialised (head,
-   absent class token or MAP head), or dropped. Anything else that differs (width, depth, heads,
-   MLP width, channels, another position-embedding variant) raises CheckpointMismatchError naming
-   the first parameter that does not fit, with both shapes.
+   absent class token or MAP head), or dropped; the patch kernel is also resized to another
+   patch size and converted to other image channels (RGB <-> grayscale). Anything else that
+   differs (width, depth, heads, MLP width, another position-embedding variant) raises
+   CheckpointMismatchError naming the first parameter that does not fit, with both shapes.
 2. `execute(plan, params, rng, scan=...)` applies it and returns the model's parameters
    (per-block or scanned); `plan.report` is the table that `restore_into` prints (report.py).
 
@@ -144,12 +145,28 @@ def _loaded(ctx: _Context, key: str) -> tuple[Entry, Builder]:
 
 
 def _patch_kernel(ctx: _Context, key: str) -> tuple[Entry, Builder]:
-    stored, new_patch = ctx.check(key, free_axes=2), ctx.target[key][:2]
-    if stored[:2] == new_patch:
+    """The patch kernel [ph, pw, C, D]: resized to the model's patch (FlexiViT) and converted
+    to its image channels (RGB <-> grayscale, `patch_embed.convert_channels`)."""
+    target = ctx.target[key]
+    stored = ctx.check(key, free_axes=2, free_axis=2)
+    new_patch, channels = target[:2], target[2]
+    if stored == target:
         return _as_is(key, stored)
-    note = f"patch {_grid(stored[:2])} → {_grid(new_patch)}, pseudo-inverse of bilinear resize"
-    entry = Entry(key, RESIZED, stored, ctx.target[key], note)
-    return entry, _apply(patch_embed.resize_kernel, key, new_patch)
+    notes = []
+    if stored[:2] != new_patch:
+        notes.append(
+            f"patch {_grid(stored[:2])} → {_grid(new_patch)}, pseudo-inverse of bilinear resize"
+        )
+    if stored[2] != channels:
+        how = "summed" if channels == 1 else "repeated and scaled"
+        notes.append(f"{stored[2]} → {channels} image channels, input planes {how}")
+
+    def build(stored_params, fresh):
+        kernel = patch_embed.convert_channels(stored_params[key], channels)
+        return patch_embed.resize_kernel(kernel, new_patch)
+
+    action = RESIZED if stored[:2] != new_patch else CONVERTED
+    return Entry(key, action, stored, target, "; ".join(notes)), build
 
 
 def _grid_param(ctx: _Context, key: str, rule: ParamRule) -> tuple[Entry, Builder]:

@@ -8,7 +8,8 @@ checkpoint's `embedding/kernel`), so a checkpoint of one runs in the other with 
   flattened P*P*C patch vector, written without einops).
 
 `resize_kernel` adapts a kernel to another patch size (FlexiViT's pseudo-inverse resize), so that
-a patch resized to the new size gives the same embedding as the original patch.
+a patch resized to the new size gives the same embedding as the original patch;
+`convert_channels` to another number of image channels (RGB <-> grayscale).
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ class PatchEmbed(nn.Module):
     def __call__(self, images: jax.Array) -> jax.Array:
         ph, pw = self.patch_size
         channels = images.shape[-1]
+        if self.has_variable("params", "kernel"):
+            stored = self.get_variable("params", "kernel").shape[2]
+            if stored != channels:
+                raise ValueError(
+                    f"images with {channels} channel{'s' * (channels > 1)} given to parameters "
+                    f"made for {stored}: convert the images (e.g. PIL's .convert("
+                    f"{'RGB' if stored == 3 else 'L'!r})), or restore the checkpoint for "
+                    f"{channels}-channel images (restore_into(..., channels={channels}) sums or "
+                    "repeats the patch kernel's input planes)."
+                )
         kernel = self.param(
             "kernel",
             nn.initializers.lecun_normal(),
@@ -100,3 +111,18 @@ def resize_kernel(
     flat = np.asarray(kernel, np.float64).reshape(ph * pw, channels * dim)
     resized = np.linalg.pinv(b.T) @ flat
     return jnp.asarray(resized.reshape(*new_patch_size, channels, dim), kernel.dtype)
+
+
+def convert_channels(kernel: jax.Array | np.ndarray, channels: int) -> np.ndarray:
+    """A patch-embedding kernel [ph, pw, C, D] for images of `channels` channels instead of C:
+    the input planes summed for one channel (a grayscale image x then embeds as the RGB image
+    (x, x, x) did), else repeated cyclically up to `channels` and scaled by C / channels (an
+    image whose planes are all x embeds as before; timm's `adapt_input_conv` does the same)."""
+    kernel = np.asarray(kernel)
+    stored = kernel.shape[2]
+    if channels == stored:
+        return kernel
+    if channels == 1:
+        return kernel.sum(axis=2, keepdims=True)
+    planes = np.arange(channels) % stored
+    return (kernel[:, :, planes] * (stored / channels)).astype(kernel.dtype)

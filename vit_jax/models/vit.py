@@ -29,7 +29,6 @@ import dataclasses
 import functools
 import numbers
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -377,8 +376,7 @@ class VisionTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-        chex.assert_rank(images, 4)  # [B, H, W, C], checked when traced
-        chex.assert_type(images, float)  # in [-1, 1]: not uint8 pixels
+        check_images(images, self.image_size)
         grid = self.input_grid(images.shape[1:3])
         dtype, param_dtype = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
         x = PatchEmbed(
@@ -508,6 +506,7 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         blk = self.block
+        check_block_layout(self, self.scan)
         if self.posemb != "none":
             x = AddPositionEmbedding(
                 posemb=self.posemb,
@@ -538,6 +537,44 @@ class Encoder(nn.Module):
             param_dtype=blk.param_dtype,
             name=paths.ENCODER_NORM,
         )(x)
+
+
+def check_images(images: jax.Array, image_size: tuple[int, int]) -> None:
+    """Raises ValueError for input the model cannot mean: not [B, H, W, C], not floats (the
+    model takes [-1, 1]), or channels first. Checked when traced, before any work."""
+    shape = tuple(images.shape)
+    if len(shape) != 4:
+        hint = " (add a batch axis: images[None])" if len(shape) == 3 else ""
+        raise ValueError(f"images of shape {shape}: the model takes [batch, H, W, C]{hint}.")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(
+            f"images of dtype {images.dtype}: the model takes floats in [-1, 1], e.g. "
+            "pixels.astype(np.float32) / 127.5 - 1."
+        )
+    if shape[1] in (1, 3) and shape[3] not in (1, 3) and shape[2:] == tuple(image_size):
+        raise ValueError(
+            f"images of shape {shape} look channels-first [B, C, H, W]; the model takes "
+            "[B, H, W, C]: images.transpose(0, 2, 3, 1)."
+        )
+
+
+def check_block_layout(encoder: nn.Module, scan: bool) -> None:
+    """Raises ValueError when the parameters bound to `encoder` are stacked for a scanned model
+    and it is per-block, or the other way round (flax would only say a scope is missing)."""
+    if not encoder.has_variable("params", paths.ENCODER_NORM):
+        return  # initialising, or no parameters given
+    names = encoder.variables["params"].keys()
+    if scan and paths.SCANNED_BLOCK not in names and paths.block_name(0) in names:
+        raise ValueError(
+            "the parameters are per block (encoderblock_0, ...) but the model has scan=True: "
+            "stack them with vit_jax.models.scan_params(params), or build it with scan=False."
+        )
+    if not scan and paths.SCANNED_BLOCK in names:
+        raise ValueError(
+            "the parameters are stacked for a scanned model (encoderblock) but the model has "
+            "scan=False: split them with vit_jax.models.unscan_params(params), or build it "
+            "with scan=True."
+        )
 
 
 def drop_path_rates(max_rate: float, num_layers: int) -> np.ndarray:

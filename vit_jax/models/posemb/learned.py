@@ -38,7 +38,16 @@ def add(module: nn.Module, position: Position, x: jax.Array) -> jax.Array:
     h, w = position.param_grid
     slot_rows = position.num_prefix_tokens if position.posemb_cls_slot else 0
     init = nn.initializers.normal(stddev=0.02)
-    pe = module.param(PARAM, init, (1, slot_rows + h * w, x.shape[-1]), module.param_dtype)
+    shape = (1, slot_rows + h * w, x.shape[-1])
+    if module.has_variable("params", PARAM) and module.get_variable("params", PARAM).shape != shape:
+        raise ValueError(
+            f"the parameters hold a position table of shape "
+            f"{module.get_variable('params', PARAM).shape}, made for another image size than "
+            f"this model's {h}x{w} patch grid {shape}: adapt them with "
+            "vit_jax.checkpoint.adapt_params(params, model, rng) or restore_into (both resize "
+            "the table), or build the model for the size they were trained at."
+        )
+    pe = module.param(PARAM, init, shape, module.param_dtype)
     pe = adapt_to_tokens(RULE, pe, position, slot_rows)
     if position.posemb_cls_slot:
         return x + pe.astype(x.dtype)
