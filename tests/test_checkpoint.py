@@ -290,6 +290,17 @@ def test_rgb_and_grayscale_checkpoints_convert_to_the_other_channel_count():
     )
 
 
+def test_variables_for_parameters_are_refused_with_what_to_pass(tmp_path):
+    params = random_params(tiny())
+    for call in (
+        lambda: checkpoint.adapt_params({"params": params}, tiny(32), jax.random.key(0)),
+        lambda: checkpoint.export_npz(tmp_path / "x.npz", {"params": params}),
+    ):
+        with pytest.raises(ValueError, match=r"got keys \['params'\]: pass variables\['params'\]"):
+            call()
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
 def test_a_new_class_count_reinitialises_the_head_and_pre_logits_as_asked():
     params = random_params(tiny(representation_size=16))
     rng = jax.random.key(0)

@@ -331,6 +331,7 @@ def test_inspect_returns_attention_maps_per_layer():
         (dict(image_size="16"), "image_size='16' must be an int or a pair of ints"),
         (dict(image_size=(16.5, 16)), "image_size=(16.5, 16) must be an int or a pair of ints"),
         (dict(posmb="learned"), "model.posmb is not a field in model (did you mean 'posemb'?)"),
+        (dict(drop_path_rate=0.1), "drop_path_rate is timm's name; here it is stochastic_depth="),
     ],
 )
 def test_bad_configurations_raise_one_clear_error(overrides, message):

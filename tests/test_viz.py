@@ -190,8 +190,19 @@ def test_logits_by_offset_errors():
         viz.logits_by_offset(small("learned"), {})
     with pytest.raises(ValueError, match="layer=2 is out of range"):
         viz.logits_by_offset(small("rope_axial"), None, layer=2)
+    with pytest.raises(ValueError, match="layer=-3 is out of range"):
+        viz.logits_by_offset(small("rope_axial"), None, layer=-3)
     with pytest.raises(ValueError, match="layer 0 have no rope_frequencies"):
-        viz.logits_by_offset(small("rope_mixed"), {"Transformer": {}})
+        viz.logits_by_offset(small("rope_mixed"), random_params(small("rope_axial")))
+    model = small("rope_mixed")
+    params = random_params(model)
+    with pytest.raises(ValueError, match=r"pass variables\['params'\], not the variables"):
+        viz.logits_by_offset(model, {"params": params})
+    with pytest.raises(ValueError, match=r"pass variables\['params'\], not the variables"):
+        viz.posemb_table(small("learned"), {"params": random_params(small("learned"))})
+    last = viz.logits_by_offset(model, params, layer=model.num_layers - 1)
+    np.testing.assert_array_equal(viz.logits_by_offset(model, params, layer=-1), last)
+    assert not np.array_equal(viz.logits_by_offset(model, params, layer=0), last)
 
 
 # --- attention maps and rollout --------------------------------------------------------------

@@ -75,6 +75,7 @@ def posemb_table(
         rng = jax.random.key(0) if rng is None else rng
         added, _ = module.init_with_output(rng, tokens)
     else:
+        paths.require_params(params, "posemb_table")
         scope = params.get(paths.TRANSFORMER, {}).get(paths.POSEMB_SCOPE)
         if additive.params and scope is None:
             raise ValueError(
@@ -161,6 +162,7 @@ def logits_by_offset(
     layer's RoPE (the same for every head with rope_axial): how attention falls off with
     distance when content is equal. Computed by the variant's own `rotate` / `bias`.
     params: the model's parameters; None: freshly initialised ones, from `rng` (default key 0).
+    layer: a block index; negative counts from the last (-1), as Python indexing does.
     Raises ValueError for a model without an attention variant (see `posemb_table`).
     """
     _, attention = split_posemb(model.posemb)
@@ -169,8 +171,9 @@ def logits_by_offset(
             f"posemb={model.posemb!r} has no attention variant (relative, rope_axial, "
             "rope_mixed): look at its table with posemb_table(model, params)."
         )
-    if not 0 <= layer < model.num_layers:
+    if not -model.num_layers <= layer < model.num_layers:
         raise ValueError(f"layer={layer} is out of range: the model has {model.num_layers}.")
+    layer %= model.num_layers  # -1: the last, as attention[-1] of `inspect`
     module = _PositionLogits(
         variant=attention.name,
         position=model.position,
@@ -187,6 +190,7 @@ def logits_by_offset(
         rng = jax.random.key(0) if rng is None else rng
         logits, _ = module.init_with_output(rng, qk, qk)
     else:
+        paths.require_params(params, "logits_by_offset")
         transformer = unscan_params(params).get(paths.TRANSFORMER, {})
         scope = transformer.get(paths.block_name(layer), {}).get(paths.BLOCK_ATTENTION, {})
         missing = [rule.name for rule in attention.params if rule.name not in scope]

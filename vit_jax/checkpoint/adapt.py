@@ -395,6 +395,7 @@ def adapt_params(
     `meta` (from load_params) tells the stored grid when it is not square; `options` are those
     of `plan`. For files, `vit_jax.checkpoint.restore_into` does this after checking shapes.
     """
+    paths.require_params(params, "adapt_params")
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
     the_plan = plan(shapes, meta or {}, model, **options)
     return execute(the_plan, params, rng, scan=model.scan), the_plan.report

@@ -194,11 +194,7 @@ def export_npz(path: str | os.PathLike, params: dict, *, config: dict | None = N
     written to a temporary name and renamed, so a reader never sees half a file.
     """
     path = os.fspath(path)
-    if paths.EMBEDDING not in params:
-        raise ValueError(
-            "export_npz expects the model's parameter tree (with 'embedding', 'Transformer', "
-            f"...), got keys {sorted(params)}; pass variables['params'], not the variables."
-        )
+    paths.require_params(params, "export_npz")
     flat = paths.flatten(unscan_params(params))
     arrays = {k: _as_float32(v) for k, v in flat.items()}
     if config is not None:

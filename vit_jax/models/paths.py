@@ -61,6 +61,23 @@ def block_names(transformer: Mapping[str, Any]) -> list[str]:
     return sorted((k for k in transformer if block_index(k) is not None), key=block_index)
 
 
+def require_params(params: Any, caller: str) -> None:
+    """Raises ValueError unless `params` is a model's parameter tree (with the patch
+    embedding): the usual mistake is passing Flax's variables {"params": ...} instead."""
+    if isinstance(params, Mapping) and EMBEDDING in params:
+        return
+    got = f"keys {sorted(params)}" if isinstance(params, Mapping) else type(params).__name__
+    fix = (
+        "pass variables['params'], not the variables"
+        if isinstance(params, Mapping) and "params" in params
+        else "pass the parameters of a model of this package"
+    )
+    raise ValueError(
+        f"{caller} expects the model's parameter tree (with '{EMBEDDING}', '{TRANSFORMER}', "
+        f"...), got {got}: {fix}."
+    )
+
+
 def is_scanned(params: Mapping[str, Any]) -> bool:
     """True if the `Transformer` subtree holds one stacked (scanned) block."""
     return SCANNED_BLOCK in params.get(TRANSFORMER, {})

@@ -20,7 +20,7 @@ that size, with the same `posemb_grid` (reference grid) and `posemb_mode`, resto
 parameters.
 
 Inspection: apply with `mutable=["intermediates"]` to get every layer's `attention_weights`,
-`attention_logits` [B, heads, N, N] and output `tokens` [B, N, D] (see models/inspect.py).
+`attention_logits` [B, heads, N, N] and output `tokens` [B, N, D] (see models/intermediates.py).
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ class VisionTransformer(nn.Module):
     )
     rope_theta: float = option(
         100.0,
-        "θ of the rotary variants (rope-vit: 100 axial, 10 mixed; EVA-02 10000)",
+        "θ of both rotary variants (rope-vit used 100 for axial, 10 for mixed; EVA-02 10000)",
         low=0,
         low_open=True,
     )
@@ -647,6 +647,11 @@ def create(
     from vit_jax.models.zoo import decode_variant
 
     unknown = [k for k in overrides if k not in FIELDS]
+    if unknown and unknown[0] in zoo.TIMM_FIELDS:
+        raise ValueError(
+            f"{unknown[0]} is timm's name; here it is {zoo.TIMM_FIELDS[unknown[0]]}= (config "
+            "files and the command line read timm's names too)."
+        )
     if unknown:
         raise unknown_field(f"model.{unknown[0]}", FIELDS)
     fields = decode_variant(variant)
