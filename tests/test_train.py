@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -195,6 +196,19 @@ def test_eval_counts_every_example_of_a_split_not_divisible_by_the_batch(digits_
     assert results[0]["num_examples"] == results[1]["num_examples"] == 297
     assert results[0]["accuracy"] == pytest.approx(results[1]["accuracy"], abs=1e-9)
     assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)
+    # Parameters of another model are refused, not silently half-used.
+    for other, message in (
+        (
+            model.clone(posemb="sincos2d"),
+            "'Transformer/posembed_input/pos_embedding' (1, 5, 32) is not a parameter",
+        ),
+        (model.clone(num_classes=3), "'head/bias' is (10,), the model's is (3,)"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            evaluate(other, params, dataset, batch_size=64)
+    with pytest.raises(ValueError, match=re.escape("'head/bias' (10,) is missing")):
+        missing = {**params, "head": {"kernel": params["head"]["kernel"]}}
+        evaluate(model, missing, dataset, batch_size=64)
 
 
 def test_training_writes_metrics_tensorboard_config_and_checkpoints(digits_dir, tmp_path):

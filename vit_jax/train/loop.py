@@ -33,7 +33,7 @@ from vit_jax.train.config import Settings, validate, with_dataset
 from vit_jax.train.parallel import to_host
 from vit_jax.train.profiling import StepProfiler
 from vit_jax.train.reporting import PendingMetrics, Reporter, format_duration
-from vit_jax.train.state import create_state, init_params
+from vit_jax.train.state import check_params, create_state, init_params
 from vit_jax.train.step import make_eval_step, make_train_step, mean_iou
 from vit_jax.train.stopping import DivergedError, StopSignals, deadline, writing
 
@@ -76,13 +76,15 @@ def evaluate(
 
     `par` (default: jit over every device) places the parameters and batches; `eval_step`, an
     eval step that `par` compiled for parameters already placed (the training loop passes its
-    own), skips placing and compiling here.
+    own), skips placing and compiling here. Parameters that do not fit the model exactly (another
+    position embedding's table, another size) raise ValueError first (`check_params`).
 
         dataset = data.open_dataset(validate(config).data)
         evaluate(model, params, dataset, batch_size=256)
     """
     par = par or parallel.make("jit")
     if eval_step is None:
+        check_params(model, params, dataset.info.channels)
         shardings = par.state_shardings(params)
         params = par.put_state(params)
         eval_step = par.compile_eval(make_eval_step(model, axis_name=par.axis_name), shardings)
