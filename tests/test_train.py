@@ -139,6 +139,16 @@ def test_schedule_warms_up_then_decays():
     assert float(cosine(110)) == pytest.approx(0.0, abs=1e-6)
     cfg = dataclasses.replace(cfg, schedule="linear")
     assert float(optim.learning_rate_schedule(cfg, 110)(35)) == pytest.approx(0.75)
+    # A run no longer than its warmup never decays: said once, with a warmup that fits.
+    assert optim.warmup_note(cfg, 110) is None
+    short = optim.learning_rate_schedule(cfg, 8)
+    assert float(short(7)) == pytest.approx(1.0)  # warmed up at the last step, no decay
+    assert optim.warmup_note(cfg, 8) == (
+        "note: optimizer.warmup_steps=10 is not below total_steps=8: the learning rate rises "
+        "for 7 steps and the run ends before it decays; e.g. "
+        "--config.optimizer.warmup_steps=1 warms up for a tenth of the run."
+    )
+    assert optim.warmup_note(dataclasses.replace(cfg, schedule="constant"), 8) is None
 
 
 def test_sgd_clips_then_applies_momentum():

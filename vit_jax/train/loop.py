@@ -361,6 +361,8 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
     par, train = run.par, run.settings.train
     start_step = int(to_host(state["step"]))
     reporter.message(describe(run, state, start_step))
+    if note := optim.warmup_note(run.settings.optimizer, train.total_steps):
+        reporter.message(note)
     changes = resume_changes(run.manager, run.config_dict) if start_step else []
     if changes:
         schedule = any(c.startswith(("total_steps:", "num_epochs:")) for c in changes)

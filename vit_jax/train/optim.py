@@ -59,6 +59,20 @@ def learning_rate_schedule(cfg: OptimizerOptions, total_steps: int) -> optax.Sch
     )
 
 
+def warmup_note(cfg: OptimizerOptions, total_steps: int) -> str | None:
+    """What a run too short for its warmup gets (the warmup is cut to total_steps - 1 and the
+    learning rate never decays), said once at the start; None when the warmup fits."""
+    if cfg.warmup_steps < total_steps or cfg.schedule == "constant":
+        return None
+    tenth = max(total_steps // 10, 1)
+    return (
+        f"note: optimizer.warmup_steps={cfg.warmup_steps} is not below total_steps="
+        f"{total_steps}: the learning rate rises for {max(total_steps - 1, 0)} steps and the run "
+        f"ends before it decays; e.g. --config.optimizer.warmup_steps={tenth} warms up for a "
+        "tenth of the run."
+    )
+
+
 def decay_mask(params) -> dict:
     """True for the leaves weight decay applies to: every `kernel` (dense, attention, patch
     embedding, head). Biases, norms, position embeddings, the class token, RoPE frequencies,
