@@ -74,8 +74,8 @@ def test_rerunning_a_finished_run_writes_no_second_final_evaluation(
     digits_dir, tmp_path, capsys
 ):
     workdir = str(tmp_path / "run")
-    config = tiny_config(digits_dir, total_steps=2)  # its 2 warmup steps do not fit: a note
-    first = train_and_evaluate(config, workdir)
+    config = tiny_config(digits_dir, total_steps=2, **{"optimizer.warmup_steps": 2})
+    first = train_and_evaluate(config, workdir)  # its 2 warmup steps do not fit: a note
     assert capsys.readouterr().out.count("note: optimizer.warmup_steps=2 is not below") == 1
     again = train_and_evaluate(config, workdir)
     assert again["accuracy"] == first["accuracy"]
