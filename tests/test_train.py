@@ -374,6 +374,22 @@ def test_init_from_loads_a_run_into_a_new_run_at_the_same_or_a_new_resolution(
     out = capsys.readouterr().out
     assert "resized" in out and "(1, 5, 32) → (1, 17, 32)" in out
     assert result["num_examples"] == 297
+    # Resuming that fine-tune needs nothing from init_from (gone now), nor init_from at all.
+    (tmp_path / "base").rename(tmp_path / "moved")
+    longer = tiny_config(digits_dir, init_from=str(tmp_path / "base"), total_steps=3)
+    longer.model.image_size = (16, 16)
+    assert train_and_evaluate(longer, str(tmp_path / "bigger"))["num_examples"] == 297
+    assert "at step 2 (init_from is not read again)" in capsys.readouterr().out
+    with longer.unlocked():
+        longer.init_from, longer.total_steps = None, 4
+    assert train_and_evaluate(longer, str(tmp_path / "bigger"))["num_examples"] == 297
+    stored = json.loads((tmp_path / "bigger" / "config.json").read_text())
+    assert stored["model"]["posemb_grid"] == [2, 2]  # the grid the embedding was trained on
+    # A start that fails before training (no such init_from) leaves no workdir behind.
+    failing = tiny_config(digits_dir, init_from=str(tmp_path / "base"))
+    with pytest.raises(FileNotFoundError):
+        train_and_evaluate(failing, str(tmp_path / "failed"))
+    assert not (tmp_path / "failed").exists()
 
 
 def test_a_given_dataset_must_be_the_one_the_config_describes(digits_dir, tmp_path):

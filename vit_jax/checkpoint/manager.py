@@ -12,6 +12,7 @@ mid-save resumes from the previous complete checkpoint.
 
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -111,6 +112,22 @@ def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
     # The name process 0 gave it, read back by every process (the workdir is shared).
     moved = [p.name for p in damaged.glob(f"{step}-*")] if damaged.is_dir() else []
     return max(moved, key=lambda name: int(name.rpartition("-")[2]), default=f"{step}-?")
+
+
+def newest_stored_config(workdir: str) -> dict | None:
+    """The config saved with the newest checkpoint of WORKDIR/checkpoints that has a readable
+    one, without opening a manager; {} if there are checkpoints but none has; None if there are
+    none (a fresh start)."""
+    directory = layout.checkpoints_dir(workdir)
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    steps = sorted((int(n) for n in names if n.isdigit()), reverse=True)
+    if not steps:
+        return None
+    for step in steps:
+        config = layout.read_config(os.path.join(directory, str(step)))
+        if config:
+            return config
+    return {}
 
 
 def stored_config(manager: ocp.CheckpointManager, step: int) -> dict:

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 
@@ -132,26 +133,33 @@ def initial_params(settings: Settings, rng, channels: int, sharding):
     return params
 
 
-def remember_trained_grid(settings: Settings) -> Settings:
-    """`settings` whose model and config have model.posemb_grid set to the reference grid of
-    the `init_from` checkpoint (`vit_jax.checkpoint.with_trained_grid`), when init_from is set,
-    model.posemb_grid is not, and that grid is not the model's. So the run interpolates or
-    extrapolates its position embedding from the grid it was trained on, and config.json and
-    this run's checkpoints remember that original grid for a later fine-tuning. Reads the
-    checkpoint's shapes and metadata only; otherwise `settings` unchanged."""
+def remember_trained_grid(settings: Settings, stored: dict | None = None) -> Settings:
+    """`settings` whose model and config have model.posemb_grid set to the grid the position
+    embedding was first trained on, when model.posemb_grid is not set: on a resume, the one the
+    workdir's checkpoint `stored` (its config) remembers (init_from is not read again: it may be
+    gone, or a download); on a first start, the reference grid of the `init_from` checkpoint
+    (`vit_jax.checkpoint.with_trained_grid`; its shapes and metadata only) if it is not the
+    model's. So the run interpolates or extrapolates its position embedding from that grid, and
+    config.json and this run's checkpoints remember it for a later fine-tuning. Otherwise
+    `settings` unchanged."""
     model, init_from = settings.model, settings.train.init_from
-    if not init_from or model.posemb_grid is not None:
+    if model.posemb_grid is not None:
         return settings
-    from vit_jax.checkpoint import with_trained_grid
+    if stored is not None:
+        grid = stored.get("model", {}).get("posemb_grid")
+    elif init_from:
+        from vit_jax.checkpoint import with_trained_grid
 
-    adapted = with_trained_grid(model, init_from)
-    if adapted is model:
+        grid = with_trained_grid(model, init_from).posemb_grid
+    else:
+        grid = None
+    if grid is None:
         return settings
     config = settings.config.copy_and_resolve_references()
     with config.unlocked():
-        config.model.posemb_grid = tuple(adapted.posemb_grid)
+        config.model.posemb_grid = tuple(grid)
     config.lock()
-    return dataclasses.replace(settings, config=config, model=adapted)
+    return dataclasses.replace(settings, config=config, model=model.clone(posemb_grid=tuple(grid)))
 
 
 # Model fields that say how the model is computed, not what it is: a run may resume with other
@@ -255,6 +263,8 @@ def train_and_evaluate(config, workdir: str, dataset: data.Dataset | None = None
     "img_per_sec"} (or {"step", "preempted": True} if the run stopped for a preemption).
     """
     with contextlib.ExitStack() as cleanup:
+        if not os.path.exists(os.path.expanduser(workdir)):  # a failed start leaves none behind
+            cleanup.push(removing_if_empty_on_error(workdir))
         # First in, last out: a stop signal during set-up, compilation or the final save
         # is a request the loop (or completion) answers, never an abrupt death.
         signals = cleanup.enter_context(StopSignals())
@@ -266,7 +276,8 @@ def train_and_evaluate(config, workdir: str, dataset: data.Dataset | None = None
         reporter = Reporter(run.workdir, run.settings.train.total_steps, start_step)
         cleanup.callback(reporter.close)
         if resumed:
-            reporter.message(f"resumed from {run.manager.directory} at step {start_step}")
+            again = " (init_from is not read again)" if run.settings.train.init_from else ""
+            reporter.message(f"resumed from {run.manager.directory} at step {start_step}{again}")
         state, eval_step, train_seconds, stopped = train_steps(
             run, state, train_iter, reporter, signals
         )
@@ -274,6 +285,24 @@ def train_and_evaluate(config, workdir: str, dataset: data.Dataset | None = None
             reporter.message(f"preempted at step {stopped}: checkpoint saved; rerun to resume")
             return {"step": stopped, "preempted": True}
         return finish(run, state, eval_step, start_step, train_seconds, reporter)
+
+
+def remove_if_empty(directory: str) -> None:
+    """Removes `directory` if it holds no file, only (nested) empty folders."""
+    directory = os.path.abspath(os.path.expanduser(directory))
+    if os.path.isdir(directory) and not any(files for _, _, files in os.walk(directory)):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def removing_if_empty_on_error(directory: str) -> Callable:
+    """An ExitStack exit callback: `remove_if_empty(directory)` when leaving with an error."""
+
+    def on_exit(exc_type, exc, traceback) -> bool:
+        if exc_type is not None:
+            remove_if_empty(directory)
+        return False  # the error goes on
+
+    return on_exit
 
 
 def set_up(config, workdir: str, dataset: data.Dataset | None = None) -> Run:
@@ -291,7 +320,9 @@ def set_up(config, workdir: str, dataset: data.Dataset | None = None) -> Run:
     parallel.use_compilation_cache(settings.train.compilation_cache_dir)
     if dataset is None:
         dataset = data.open_dataset(settings.data)  # opened once: every loader and eval uses it
-    settings = remember_trained_grid(with_dataset(settings, dataset.info))
+    settings = with_dataset(settings, dataset.info)
+    stored = ckpt.newest_stored_config(workdir)  # None: nothing to resume
+    settings = remember_trained_grid(settings, stored)
     train = settings.train
     tx, schedule = optim.make_optimizer(settings.optimizer, train.total_steps)
     config_dict = json.loads(settings.config.to_json_best_effort())
