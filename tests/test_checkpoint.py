@@ -5,6 +5,8 @@ would hide mistakes); shapes come from jax.eval_shape so that little is compiled
 """
 
 import json
+import subprocess
+import sys
 import zipfile
 
 import chex
@@ -551,6 +553,31 @@ def test_inspect_and_convert_tools(tmp_path, capsys):
 
     assert inspect_tool.main([str(tmp_path / "missing")]) == 2
     assert "error: checkpoint" in capsys.readouterr().err
+    # Destinations that cannot take the result: one line, before the source is read.
+    (tmp_path / "notes.txt").write_text("mine")
+    for dst, message in (
+        (tmp_path / "notes.txt", "notes.txt is a file: an Orbax checkpoint is a directory"),
+        (tmp_path / "back", "back already holds files: name a new (or empty) directory"),
+        (tmp_path / "new", "new already holds files"),
+    ):
+        assert convert_tool.main([str(tmp_path / "missing"), str(dst)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    (tmp_path / "dir.npz").mkdir()
+    assert convert_tool.main([str(tmp_path / "run"), str(tmp_path / "dir.npz")]) == 2
+    assert "dir.npz is a directory" in capsys.readouterr().err
+    # A reader that stops early (`| head`) gets no BrokenPipeError traceback.
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "vit_jax.tools.inspect", str(tmp_path / "run")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    reader.stdout.close()  # gone before anything is written
+    assert reader.wait(timeout=120) == 0
+    assert "Traceback" not in reader.stderr.read().decode()
+    (tmp_path / "empty").mkdir()  # an empty directory takes it; an .npz file is replaced
+    assert convert_tool.main([str(tmp_path / "x.npz"), str(tmp_path / "empty")]) == 0
+    assert convert_tool.main([str(tmp_path / "back"), str(tmp_path / "x.npz")]) == 0
 
 
 def test_official_sizes_are_described_by_their_zoo_name():

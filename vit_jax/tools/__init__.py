@@ -5,6 +5,8 @@ Each has a `main(argv=None)` that returns the exit status (tests call it in-proc
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 
 from vit_jax.train.stopping import user_error
@@ -13,9 +15,14 @@ from vit_jax.train.stopping import user_error
 def run(action: Callable[[], str]) -> int:
     """Prints what `action` returns and gives exit status 0; an error a user can cause (a missing
     or unreadable checkpoint, a config that cannot work) is one line `error: ...` on stderr with
-    the user-error status, 2 (as for vit-train; argparse's usage errors exit with 2 too)."""
+    the user-error status, 2 (as for vit-train; argparse's usage errors exit with 2 too).
+    Output piped into a reader that stops early (`| head`) ends quietly."""
     try:
-        print(action())
+        text = action()
     except (FileNotFoundError, ValueError) as e:
         return user_error(e)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # the reader has gone: nothing more to say, and no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

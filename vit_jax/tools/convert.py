@@ -1,14 +1,18 @@
 """Convert a checkpoint's parameters: `python -m vit_jax.tools.convert SRC DST`.
 
-SRC: an Orbax checkpoints directory (newest step), a step directory, or an `.npz` (official ViT
-or big_vision layout). DST ending in `.npz`: an official-layout .npz (per-block, pre-Linen names;
-loads in timm's `load_pretrained`). Otherwise: a params-only Orbax checkpoint DST/0/state that
-`init_from` and `load_params` read. The stored model config, if any, is carried along.
+SRC: any checkpoint `load_params` reads: an Orbax checkpoints directory (newest step) or training
+workdir, a step directory, an `.npz` (official ViT or big_vision layout), a Flax msgpack file, an
+http(s):// or gs:// URL or a published name (downloaded once). DST ending in `.npz`: an
+official-layout .npz (per-block, pre-Linen names; loads in timm's `load_pretrained`; replaced if
+it exists). Otherwise: a params-only Orbax checkpoint DST/0/state that `init_from` and
+`load_params` read, in a new (or empty) directory. The stored model config, if any, is carried
+along. DST is checked before SRC is read.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from vit_jax.checkpoint.npz import export_npz
@@ -17,8 +21,28 @@ from vit_jax.checkpoint.restore import load_params
 from vit_jax.tools import run
 
 
+def check_destination(dst: str) -> None:
+    """Raises ValueError if `dst` cannot take the converted checkpoint: an .npz path that is a
+    directory, or an Orbax destination that is a file or a directory with something in it."""
+    if dst.endswith(".npz"):
+        if os.path.isdir(dst):
+            raise ValueError(f"{dst} is a directory: name an .npz file to write.")
+        return
+    if os.path.isfile(dst):
+        raise ValueError(
+            f"{dst} is a file: an Orbax checkpoint is a directory. Name a new directory, or a "
+            "path ending in .npz for a file."
+        )
+    if os.path.isdir(dst) and os.listdir(dst):
+        raise ValueError(
+            f"{dst} already holds files: name a new (or empty) directory for the Orbax "
+            "checkpoint."
+        )
+
+
 def convert(src: str, dst: str) -> str:
     """Writes the parameters of `src` to `dst`; returns a one-line summary."""
+    check_destination(dst)
     params, meta = load_params(src)
     if dst.endswith(".npz"):
         export_npz(dst, params, config=meta.get("config"))

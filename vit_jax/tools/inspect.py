@@ -1,10 +1,11 @@
 """Describe a checkpoint without loading it: `python -m vit_jax.tools.inspect PATH`.
 
-PATH is an Orbax checkpoints directory (newest step), a step directory, or an `.npz` in the
-official ViT or big_vision layout. Prints the format and layout, a one-line description of the
-model (e.g. "B/16, learned posemb with class slot, token classifier, 1000 classes, grid 14x14"),
-the parameter count and the parameter tree with shapes (blocks listed once). Only metadata and
-array headers are read.
+PATH is any checkpoint `load_params` reads: an Orbax checkpoints directory (newest step) or
+training workdir, a step directory, an `.npz` in the official ViT or big_vision layout, a Flax
+msgpack file, an http(s):// or gs:// URL or a published name (downloaded once). Prints the
+format and layout, a one-line description of the model (e.g. "B/16, learned posemb with class
+slot, token classifier, 1000 classes, grid 14x14"), the parameter count and the parameter tree
+with shapes (blocks listed once). Only metadata and array headers are read.
 """
 
 from __future__ import annotations
