@@ -70,9 +70,7 @@ def test_a_torn_last_line_of_metrics_is_dropped_on_resume(tmp_path):
     assert json.loads(lines[2])["loss"] == "nan" and len(lines) == 3
 
 
-def test_rerunning_a_finished_run_writes_no_second_final_evaluation(
-    digits_dir, tmp_path, capsys
-):
+def test_rerunning_a_finished_run_writes_no_second_final_evaluation(digits_dir, tmp_path, capsys):
     workdir = str(tmp_path / "run")
     config = tiny_config(digits_dir, total_steps=2, **{"optimizer.warmup_steps": 2})
     first = train_and_evaluate(config, workdir)  # its 2 warmup steps do not fit: a note

@@ -35,8 +35,7 @@ def check_destination(dst: str) -> None:
         )
     if os.path.isdir(dst) and os.listdir(dst):
         raise ValueError(
-            f"{dst} already holds files: name a new (or empty) directory for the Orbax "
-            "checkpoint."
+            f"{dst} already holds files: name a new (or empty) directory for the Orbax checkpoint."
         )
 
 
