@@ -6,6 +6,7 @@ import concurrent.futures
 import os
 import random
 import socket
+import time
 
 import pytest
 
@@ -125,6 +126,14 @@ def test_gs_urls_are_read_from_the_configured_endpoint(server, cache, monkeypatc
 def test_a_missing_file_is_one_clear_error(server, cache):
     with pytest.raises(DownloadError, match="answered HTTP 404"):
         fetch(server.url("/nothing.npz"), progress=False)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:80x/a.npz", "https:///a.npz", "gs:///a.npz"])
+def test_a_malformed_url_fails_at_once_without_retries(cache, url):
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="is not a valid URL|does not name a file"):
+        fetch(url, progress=False, retry_wait=5.0)  # a retry would take seconds
+    assert time.monotonic() - started < 2 and not list(cache.rglob("*"))
 
 
 # --- published names ------------------------------------------------------------------------

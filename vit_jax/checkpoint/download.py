@@ -74,6 +74,19 @@ def http_url(url: str) -> str:
     return f"{endpoint}/{parts.netloc}{urllib.parse.quote(parts.path, safe='/+=,')}"
 
 
+def check_url(url: str) -> None:
+    """Raises DownloadError if `url` (or the http URL of a gs:// one) cannot be requested: no
+    host, or a port that is not a number."""
+    parts = urllib.parse.urlsplit(http_url(url))
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+        valid = bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise DownloadError(f"{url} is not a valid URL (host and port): correct it.")
+
+
 def cache_path(url: str, cache: str | None = None) -> str:
     """Where the file of `url` is kept: CACHE/gs/BUCKET/OBJECT or CACHE/SCHEME/HOST/PATH (a
     query string adds a hash of itself to the name)."""
@@ -107,6 +120,7 @@ def fetch(
     path = cache_path(url, cache)
     if os.path.isfile(path):
         return path
+    check_url(url)  # a malformed URL is a mistake to fix, not a network drop to wait out
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with _locked(path):
