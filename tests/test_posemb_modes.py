@@ -203,6 +203,21 @@ def test_a_restore_that_cannot_interpolate_for_the_model_says_how_to(tmp_path, c
     assert checkpoint.open_checkpoint(path).model().posemb_grid is None  # its own grid
 
 
+def test_a_parameter_free_position_embedding_swapped_on_restore_is_noted(tmp_path):
+    path = tmp_path / "rope.npz"
+    trained = tiny((8, 12), "rope_axial")
+    checkpoint.export_npz(path, random_params(trained), config=config_of((8, 12), "rope_axial"))
+    _, report = checkpoint.restore_into(path, tiny((8, 12), "sincos2d"), jax.random.key(0))
+    assert report.notes == (
+        "the checkpoint was trained with posemb='rope_axial' and this model has "
+        "posemb='sincos2d': nothing stored depends on the difference, so everything loads, "
+        "but the weights learned to read the other position embedding.",
+    )
+    assert not checkpoint.restore_into(path, trained, jax.random.key(0), verbose=False)[1].notes
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="pos_embedding"):
+        checkpoint.restore_into(path, tiny((8, 12), "learned"), jax.random.key(0))
+
+
 def test_a_fine_tuning_run_remembers_the_original_grid(tmp_path):
     first = tmp_path / "first.npz"  # trained at grid 2x2
     checkpoint.export_npz(

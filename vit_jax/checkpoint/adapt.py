@@ -7,8 +7,10 @@ Two steps, so that a checkpoint that cannot fit fails before anything is read or
    loaded as is, resized (from → to), converted (class-token row moved), re-initialised (head,
    absent class token or MAP head), or dropped; the patch kernel is also resized to another
    patch size and converted to other image channels (RGB <-> grayscale). Anything else that
-   differs (width, depth, heads, MLP width, another position-embedding variant) raises
-   CheckpointMismatchError naming the first parameter that does not fit, with both shapes.
+   differs (width, depth, heads, MLP width, a position embedding with other parameters) raises
+   CheckpointMismatchError naming the first parameter that does not fit, with both shapes; a
+   change between parameter-free position embeddings (sincos, RoPE-Axial, none) that the
+   stored config tells is a note in the report.
 2. `execute(plan, params, rng, scan=...)` applies it and returns the model's parameters
    (per-block or scanned); `plan.report` is the table that `restore_into` prints (report.py).
 
@@ -332,8 +334,26 @@ def plan(
         entries.append(entry)
     entries += [_dropped(ctx, key) for key in sorted(ctx.stored) if key not in ctx.target]
     dtypes = {k: v.dtype for k, v in paths.flatten(target_tree).items()}
-    notes = tuple(filter(None, [_reference_grid_note(model, arch.posemb_grid)]))
+    stored_model = architecture.stored_model(meta.get("config"))
+    notes = (
+        _reference_grid_note(model, arch.posemb_grid),
+        _posemb_note(model, stored_model.posemb if stored_model else None),
+    )
+    notes = tuple(note for note in notes if note)
     return Plan(ctx.source, per_block, channels, tuple(entries), builders, dtypes, notes)
+
+
+def _posemb_note(model: VisionTransformer, stored: str | None) -> str | None:
+    """What loads without a word but changes what the weights see: the checkpoint's config
+    names another position embedding than the model's, and none of the two that differ stores
+    a parameter (sincos, RoPE-Axial, none); else None."""
+    if stored is None or stored == model.posemb:
+        return None
+    return (
+        f"the checkpoint was trained with posemb={stored!r} and this model has "
+        f"posemb={model.posemb!r}: nothing stored depends on the difference, so everything "
+        "loads, but the weights learned to read the other position embedding."
+    )
 
 
 def _reference_grid_note(model: VisionTransformer, trained) -> str | None:

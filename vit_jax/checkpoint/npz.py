@@ -12,7 +12,8 @@ In (`read_npz_shapes`, `load_npz`), keys are mapped onto this package's paramete
   towers) are ignored.
 
 Out (`export_npz`): flat '/'-joined keys, per-block, pre-Linen names (what timm's
-`load_pretrained` and the official code read), float32, plus one string entry `vit_jax_config`
+`load_pretrained` and the official code read), in the parameters' dtype (bfloat16, which other
+readers do not know, widened to float32), plus one string entry `vit_jax_config`
 holding the model config as JSON when given (other readers ignore it).
 
 Nothing is ever unpickled: files are opened with allow_pickle=False, and a file holding Python
