@@ -4,6 +4,7 @@ formulas, and the PNG files the drawing functions and a training run write."""
 import json
 import math
 import os
+import re
 import sys
 import types
 
@@ -342,6 +343,15 @@ def test_drawings_show_their_data():
     np.testing.assert_array_equal(image.get_array(), attention)
     assert image.get_extent() == [0, 12, 8, 0]  # each patch over its 4x4 pixels
     assert axes[2].get_title() == "t"
+    # Arrays of another rank (all heads, a batch) are refused with what to pass.
+    for draw, message in (
+        (lambda: viz.draw_similarity(axes[0], maps[0]), "maps [h, w, h, w]"),
+        (lambda: viz.draw_offsets(axes[1], values[None]), "logits_by_offset(...)[head]"),
+        (lambda: viz.draw_attention(axes[2], np.zeros((8, 12, 1)), attention[None]), ".mean(0)"),
+        (lambda: viz.draw_attention(axes[2], np.zeros((1, 8, 12, 1)), attention), "images[i]"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            draw()
 
 
 def test_curves_figure_of_a_run(tmp_path):

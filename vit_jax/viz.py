@@ -369,7 +369,9 @@ def draw_similarity(ax, maps: np.ndarray, title: str | None = None):
     each patch at its place on the grid, with a colorbar of the cosine similarity from the
     smallest value to 1 (sinusoids are all alike on a small grid: a fixed -1..1 would hide
     their structure)."""
-    maps = np.asarray(maps)
+    maps = _with_rank(
+        maps, 4, "draw_similarity", "maps [h, w, h, w] (similarity_maps(table, grid))"
+    )
     h, w = maps.shape[:2]
     cmap = _matplotlib().colormaps["viridis"].with_extremes(bad="white")
     low = min(float(maps.min()), 1.0 - 1e-3)
@@ -385,6 +387,8 @@ def draw_similarity(ax, maps: np.ndarray, title: str | None = None):
 def draw_offsets(ax, values: np.ndarray, title: str | None = None, label: str = "logit"):
     """Draws values [2h-1, 2w-1] by 2D offset (`by_offset`, `logits_by_offset`) centred on
     offset (0, 0), with a colorbar."""
+    what = "one map [2h-1, 2w-1]: one head's, logits_by_offset(...)[head], or their .mean(0)"
+    values = _with_rank(values, 2, "draw_offsets", what)
     rows, cols = values.shape
     h, w = (rows + 1) // 2, (cols + 1) // 2
     extent = (-w + 0.5, w - 0.5, h - 0.5, -h + 0.5)
@@ -397,6 +401,14 @@ def draw_offsets(ax, values: np.ndarray, title: str | None = None, label: str = 
     return image
 
 
+def _with_rank(values, rank: int, caller: str, what: str) -> np.ndarray:
+    """`values` as a numpy array, if it has `rank` axes; else ValueError saying what to pass."""
+    values = np.asarray(values)
+    if values.ndim != rank:
+        raise ValueError(f"{caller} takes {what}; got an array of shape {values.shape}.")
+    return values
+
+
 def _for_display(image: np.ndarray) -> np.ndarray:
     """An image [H, W, C] in [-1, 1] -> [H, W] (C = 1) or [H, W, 3] in [0, 1]."""
     image = np.clip((np.asarray(image, np.float32) + 1) / 2, 0, 1)
@@ -407,6 +419,9 @@ def draw_attention(ax, image: np.ndarray, attention: np.ndarray, title: str | No
     """Draws an attention map [h, w] (`attention_to_patches`) over the image [H, W, C] in
     [-1, 1] it was computed on, each patch's value over its pixels, with a colorbar. A colour
     image shows through the map; a grey one (C = 1) is outlined on it (its strokes' edges)."""
+    image = _with_rank(image, 3, "draw_attention", "one image [H, W, C]: images[i]")
+    what = "one map [h, w]: attention_to_patches(...)[i], its heads averaged (.mean(0))"
+    attention = _with_rank(attention, 2, "draw_attention", what)
     pixels = _for_display(image)
     height, width = pixels.shape[:2]
     extent = (0, width, height, 0)
