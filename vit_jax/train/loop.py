@@ -529,7 +529,7 @@ def describe(run: Run, state, start_step: int) -> str:
     return (
         f"{settings.model.variant} ({n_params:,} parameters) on {settings.data.title}: "
         f"{info.num_train} train / {info.num_eval} eval images, batch {train.batch_size} over "
-        f"{jax.device_count()} devices ({train.parallel}), "
+        f"{jax.device_count()} device{'s' * (jax.device_count() > 1)} ({train.parallel}), "
         f"steps {start_step}->{train.total_steps}"
     )
 

@@ -64,11 +64,11 @@ def warmup_note(cfg: OptimizerOptions, total_steps: int) -> str | None:
     learning rate never decays), said once at the start; None when the warmup fits."""
     if cfg.warmup_steps < total_steps or cfg.schedule == "constant":
         return None
-    tenth = max(total_steps // 10, 1)
+    tenth, rising = max(total_steps // 10, 1), max(total_steps - 1, 0)
     return (
         f"note: optimizer.warmup_steps={cfg.warmup_steps} is not below total_steps="
-        f"{total_steps}: the learning rate rises for {max(total_steps - 1, 0)} steps and the run "
-        f"ends before it decays; e.g. --config.optimizer.warmup_steps={tenth} warms up for a "
+        f"{total_steps}: the learning rate rises for {rising} step{'s' * (rising != 1)} and the "
+        f"run ends before it decays; e.g. --config.optimizer.warmup_steps={tenth} warms up for a "
         "tenth of the run."
     )
 
