@@ -286,10 +286,10 @@ def test_rgb_and_grayscale_checkpoints_convert_to_the_other_channel_count():
     )
     (entry,) = [e for e in report.entries if e.key == "embedding/kernel"]
     assert entry.action == report_lib.RESIZED and "3 → 1 image channels" in entry.note
-    kernel = normal((4, 4, 3, 8))  # 3 -> 4 channels: planes repeated cyclically, scaled 3/4
-    np.testing.assert_allclose(
-        patch_embed.convert_channels(kernel, 4), kernel[:, :, [0, 1, 2, 0]] * 0.75, rtol=1e-6
-    )
+    with pytest.raises(ValueError, match="only to or from one channel"):  # RGB -> 4: no rule
+        patch_embed.convert_channels(normal((4, 4, 3, 8)), 4)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="to or from one channel"):
+        checkpoint.adapt_params(random_params(model), model, jax.random.key(0), channels=4)
 
 
 def test_variables_for_parameters_are_refused_with_what_to_pass(tmp_path):

@@ -61,6 +61,11 @@ def test_a_variant_override_says_which_sizes_the_config_keeps(capsys):
     command_line.load("digits", [("model.variant", "S/8"), ("model.hidden_size", "64")])
     note = capsys.readouterr().err
     assert "sets num_layers=4" in note and "hidden_size" not in note  # 64 was asked for
+    timm_names = [("model.variant", "S/8"), ("model.embed_dim", "64"), ("model.depth", "2")]
+    command_line.load("digits", timm_names)  # timm's names for the sizes count as asked
+    note = capsys.readouterr().err
+    assert "num_heads=4, mlp_dim=192" in note and "hidden_size" not in note
+    assert "num_layers" not in note
 
 
 @pytest.mark.parametrize(

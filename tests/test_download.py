@@ -128,10 +128,10 @@ def test_a_missing_file_is_one_clear_error(server, cache):
         fetch(server.url("/nothing.npz"), progress=False)
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:80x/a.npz", "https:///a.npz", "gs:///a.npz"])
+@pytest.mark.parametrize("url", ["http://127.0.0.1:80x/a.npz", "http://h:99999/a.npz"])
 def test_a_malformed_url_fails_at_once_without_retries(cache, url):
     started = time.monotonic()
-    with pytest.raises(DownloadError, match="is not a valid URL|does not name a file"):
+    with pytest.raises(DownloadError, match="is not a valid URL"):
         fetch(url, progress=False, retry_wait=5.0)  # a retry would take seconds
     assert time.monotonic() - started < 2 and not list(cache.rglob("*"))
 

@@ -214,6 +214,13 @@ def test_a_parameter_free_position_embedding_swapped_on_restore_is_noted(tmp_pat
         "but the weights learned to read the other position embedding.",
     )
     assert not checkpoint.restore_into(path, trained, jax.random.key(0), verbose=False)[1].notes
+    joined = tmp_path / "joined.npz"  # the same variants written in the other order: no note
+    checkpoint.export_npz(
+        joined, random_params(tiny((8, 12), "learned+rope_axial")),
+        config=config_of((8, 12), "learned+rope_axial"),
+    )  # fmt: skip
+    swapped = tiny((8, 12), "rope_axial+learned")
+    assert not checkpoint.restore_into(joined, swapped, jax.random.key(0), verbose=False)[1].notes
     with pytest.raises(checkpoint.CheckpointMismatchError, match="pos_embedding"):
         checkpoint.restore_into(path, tiny((8, 12), "learned"), jax.random.key(0))
 

@@ -146,9 +146,11 @@ def test_schedule_warms_up_then_decays():
     assert optim.warmup_note(cfg, 8) == (
         "note: optimizer.warmup_steps=10 is not below total_steps=8: the learning rate rises "
         "for 7 steps and the run ends before it decays; e.g. "
-        "--config.optimizer.warmup_steps=1 warms up for a tenth of the run."
+        "--config.optimizer.warmup_steps=0: no warmup."
     )
-    assert optim.warmup_note(dataclasses.replace(cfg, schedule="constant"), 8) is None
+    constant = optim.warmup_note(dataclasses.replace(cfg, schedule="constant"), 10)
+    assert "rises for 9 steps and the run ends before it reaches learning_rate" in constant
+    assert constant.endswith("--config.optimizer.warmup_steps=1 warms up for a tenth of the run.")
 
 
 def test_sgd_clips_then_applies_momentum():
@@ -390,6 +392,21 @@ def test_init_from_loads_a_run_into_a_new_run_at_the_same_or_a_new_resolution(
     with pytest.raises(FileNotFoundError):
         train_and_evaluate(failing, str(tmp_path / "failed"))
     assert not (tmp_path / "failed").exists()
+
+
+def test_removing_an_empty_workdir_never_removes_a_file(tmp_path):
+    from vit_jax.checkpoint import manager
+    from vit_jax.train.loop import remove_if_empty
+
+    (tmp_path / "w" / "checkpoints" / "7").mkdir(parents=True)  # a step without its state
+    (tmp_path / "w" / "kept").mkdir()
+    (tmp_path / "w" / "kept" / "config.json").write_text("{}")  # written meanwhile
+    assert manager.newest_stored_config(str(tmp_path / "w")) is None  # no finished step
+    remove_if_empty(str(tmp_path / "w"))
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["kept"]
+    (tmp_path / "w" / "kept" / "config.json").unlink()
+    remove_if_empty(str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
 
 
 def test_a_given_dataset_must_be_the_one_the_config_describes(digits_dir, tmp_path):

@@ -160,6 +160,11 @@ def _patch_kernel(ctx: _Context, key: str) -> tuple[Entry, Builder]:
             f"patch {_grid(stored[:2])} → {_grid(new_patch)}, pseudo-inverse of bilinear resize"
         )
     if stored[2] != channels:
+        if 1 not in (stored[2], channels):
+            raise ctx.mismatch(
+                f"its patch kernel {stored} is for {stored[2]}-channel images and the model's "
+                f"{target} for {channels}; only conversions to or from one channel are defined"
+            )
         how = "summed" if channels == 1 else "repeated and scaled"
         notes.append(f"{stored[2]} → {channels} image channels, input planes {how}")
 
@@ -347,7 +352,8 @@ def _posemb_note(model: VisionTransformer, stored: str | None) -> str | None:
     """What loads without a word but changes what the weights see: the checkpoint's config
     names another position embedding than the model's, and none of the two that differ stores
     a parameter (sincos, RoPE-Axial, none); else None."""
-    if stored is None or stored == model.posemb:
+    names = lambda posemb: {v.name for v in split_posemb(posemb) if v is not None}
+    if stored is None or names(stored) == names(model.posemb):  # 'a+b' is 'b+a'
         return None
     return (
         f"the checkpoint was trained with posemb={stored!r} and this model has "

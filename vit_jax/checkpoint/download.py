@@ -84,7 +84,9 @@ def check_url(url: str) -> None:
     except ValueError:
         valid = False
     if not valid:
-        raise DownloadError(f"{url} is not a valid URL (host and port): correct it.")
+        gcs = urllib.parse.urlsplit(url).scheme.lower() == "gs"
+        where = f" (through {GCS_ENDPOINT_ENV}={http_url(url)!r})" if gcs else ""
+        raise DownloadError(f"{url}{where} is not a valid URL (host and port): correct it.")
 
 
 def cache_path(url: str, cache: str | None = None) -> str:

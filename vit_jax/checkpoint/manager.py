@@ -120,7 +120,8 @@ def newest_stored_config(workdir: str) -> dict | None:
     none (a fresh start)."""
     directory = layout.checkpoints_dir(workdir)
     names = os.listdir(directory) if os.path.isdir(directory) else []
-    steps = sorted((int(n) for n in names if n.isdigit()), reverse=True)
+    finished = [n for n in names if n.isdigit() and layout.is_step_dir(os.path.join(directory, n))]
+    steps = sorted((int(n) for n in finished), reverse=True)
     if not steps:
         return None
     for step in steps:

@@ -132,7 +132,8 @@ def restore_into(
     raises CheckpointMismatchError before anything is read); then the parameters are read,
     adapted (position embeddings and bias tables moved to the model's grid as its posemb_mode
     says: resized, or a bias table clamped with "extrapolate"; the patch kernel to
-    its patch size, the head re-initialised from `rng` if the class count differs, per-block <->
+    its patch size and to `channels`-channel images (default: the checkpoint's; RGB <->
+    grayscale), the head re-initialised from `rng` if the class count differs, per-block <->
     scanned layout) and put on `sharding` (default: the default device).
     Prints the report table unless verbose=False. Options: see `adapt.plan`. `path`: a path,
     URL or published name (see `locate`).

@@ -54,12 +54,12 @@ class PatchEmbed(nn.Module):
         if self.has_variable("params", "kernel"):
             stored = self.get_variable("params", "kernel").shape[2]
             if stored != channels:
+                convert = {1: " (e.g. PIL's .convert('L'))", 3: " (e.g. .convert('RGB'))"}
                 raise ValueError(
                     f"images with {channels} channel{'s' * (channels > 1)} given to parameters "
-                    f"made for {stored}: convert the images (e.g. PIL's .convert("
-                    f"{'RGB' if stored == 3 else 'L'!r})), or restore the checkpoint for "
-                    f"{channels}-channel images (restore_into(..., channels={channels}) sums or "
-                    "repeats the patch kernel's input planes)."
+                    f"made for {stored}: convert the images{convert.get(stored, '')}, or "
+                    f"restore the checkpoint for {channels}-channel images (restore_into(..., "
+                    f"channels={channels}) sums or repeats the patch kernel's input planes)."
                 )
         kernel = self.param(
             "kernel",
@@ -114,15 +114,20 @@ def resize_kernel(
 
 
 def convert_channels(kernel: jax.Array | np.ndarray, channels: int) -> np.ndarray:
-    """A patch-embedding kernel [ph, pw, C, D] for images of `channels` channels instead of C:
-    the input planes summed for one channel (a grayscale image x then embeds as the RGB image
-    (x, x, x) did), else repeated cyclically up to `channels` and scaled by C / channels (an
-    image whose planes are all x embeds as before; timm's `adapt_input_conv` does the same)."""
+    """A patch-embedding kernel [ph, pw, C, D] for images of `channels` channels instead of C,
+    so that an image whose planes are all equal embeds as before: to one channel the input
+    planes are summed (a grayscale image x embeds as the RGB image (x, x, x) did); from one
+    channel the plane is repeated and divided by `channels`. Other conversions (RGB to four
+    channels, ...) have no such rule: ValueError."""
     kernel = np.asarray(kernel)
     stored = kernel.shape[2]
     if channels == stored:
         return kernel
     if channels == 1:
         return kernel.sum(axis=2, keepdims=True)
-    planes = np.arange(channels) % stored
-    return (kernel[:, :, planes] * (stored / channels)).astype(kernel.dtype)
+    if stored == 1:
+        return (np.repeat(kernel, channels, axis=2) / channels).astype(kernel.dtype)
+    raise ValueError(
+        f"a patch kernel for {stored}-channel images cannot become one for {channels} channels "
+        "(only to or from one channel): convert the images to the checkpoint's channels."
+    )

@@ -95,12 +95,17 @@ def load(spec: str, overrides: Iterable[tuple[str, str]] = ()) -> ml_collections
 def variant_note(config: ml_collections.ConfigDict, overridden: Sequence[str]) -> str | None:
     """What a `--config.model.variant` override does not do: sizes that the config file sets
     itself (and the command line does not) win over the variant's; None if there are none."""
-    if "model.variant" not in overridden or "model" not in config:
+    asked = {  # model fields set on the command line, timm's names read as ours
+        zoo.TIMM_FIELDS.get(field[len("model.") :], field[len("model.") :])
+        for field in overridden
+        if field.startswith("model.")
+    }
+    if "variant" not in asked or "model" not in config:
         return None
     kept = {
         name: config.model.get(name)
         for name in SIZE_FIELDS
-        if config.model.get(name) is not None and f"model.{name}" not in overridden
+        if config.model.get(name) is not None and name not in asked
     }
     if not kept:
         return None

@@ -65,7 +65,7 @@ from vit_jax.options import check, read
 from vit_jax.train import optim, sharding
 from vit_jax.train.config import SECTIONS, TrainOptions, validate
 from vit_jax.train.sharding import FSDP, MeshOptions, ShardingOptions
-from vit_jax.train.state import create_state, init_params
+from vit_jax.train.state import KEY_SHAPE, create_state, init_params
 from vit_jax.train.step import make_train_step
 
 DEFAULT_NUM_CLASSES = 1000  # an unset model.num_classes (the dataset's at train time)
@@ -244,11 +244,8 @@ def tree_bytes_per_device(tree, specs, fsdp: int) -> int:
     )
 
 
-_KEY = jax.ShapeDtypeStruct((2,), np.uint32)  # the shape of a PRNGKey
-
-
 def abstract_train_state(
-    model, tx: optax.GradientTransformation, channels: int = CHANNELS, rng=_KEY
+    model, tx: optax.GradientTransformation, channels: int = CHANNELS, rng=KEY_SHAPE
 ) -> dict:
     """Shapes and dtypes of the train state {"step", "params", "opt_state", "rng"} of `model`
     and `tx` for images of `channels` channels; nothing is computed or allocated. `rng`: a key

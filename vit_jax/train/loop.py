@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 
@@ -145,7 +144,7 @@ def remember_trained_grid(settings: Settings, stored: dict | None = None) -> Set
     model, init_from = settings.model, settings.train.init_from
     if model.posemb_grid is not None:
         return settings
-    if stored is not None:
+    if stored:  # a resume whose checkpoint says (an unreadable config: as a first start)
         grid = stored.get("model", {}).get("posemb_grid")
     elif init_from:
         from vit_jax.checkpoint import with_trained_grid
@@ -288,10 +287,12 @@ def train_and_evaluate(config, workdir: str, dataset: data.Dataset | None = None
 
 
 def remove_if_empty(directory: str) -> None:
-    """Removes `directory` if it holds no file, only (nested) empty folders."""
+    """Removes `directory` and the empty folders in it, bottom-up with `os.rmdir`, which
+    refuses a folder that holds anything: a file written meanwhile (another process) stays."""
     directory = os.path.abspath(os.path.expanduser(directory))
-    if os.path.isdir(directory) and not any(files for _, _, files in os.walk(directory)):
-        shutil.rmtree(directory, ignore_errors=True)
+    for folder, _, _ in os.walk(directory, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def removing_if_empty_on_error(directory: str) -> Callable:
@@ -392,7 +393,8 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
     par, train = run.par, run.settings.train
     start_step = int(to_host(state["step"]))
     reporter.message(describe(run, state, start_step))
-    if note := optim.warmup_note(run.settings.optimizer, train.total_steps):
+    note = optim.warmup_note(run.settings.optimizer, train.total_steps)
+    if note and start_step == 0:  # once, at the start of the run
         reporter.message(note)
     changes = resume_changes(run.manager, run.config_dict) if start_step else []
     if changes:

@@ -62,14 +62,15 @@ def learning_rate_schedule(cfg: OptimizerOptions, total_steps: int) -> optax.Sch
 def warmup_note(cfg: OptimizerOptions, total_steps: int) -> str | None:
     """What a run too short for its warmup gets (the warmup is cut to total_steps - 1 and the
     learning rate never decays), said once at the start; None when the warmup fits."""
-    if cfg.warmup_steps < total_steps or cfg.schedule == "constant":
+    if cfg.warmup_steps < total_steps:
         return None
-    tenth, rising = max(total_steps // 10, 1), max(total_steps - 1, 0)
+    tenth, rising = total_steps // 10, max(total_steps - 1, 0)
+    after = "reaches learning_rate" if cfg.schedule == "constant" else "decays"
+    fix = f"={tenth} warms up for a tenth of the run" if tenth else "=0: no warmup"
     return (
         f"note: optimizer.warmup_steps={cfg.warmup_steps} is not below total_steps="
         f"{total_steps}: the learning rate rises for {rising} step{'s' * (rising != 1)} and the "
-        f"run ends before it decays; e.g. --config.optimizer.warmup_steps={tenth} warms up for a "
-        "tenth of the run."
+        f"run ends before it {after}; e.g. --config.optimizer.warmup_steps{fix}."
     )
 
 

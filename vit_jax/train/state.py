@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+KEY_SHAPE = jax.ShapeDtypeStruct((2,), jnp.uint32)  # a PRNGKey, for abstract evaluation
+
 
 def init_params(model: nn.Module, rng: jax.Array, channels: int) -> dict:
     """Fresh parameters of `model` for images with `channels` channels."""
@@ -27,8 +29,7 @@ def check_params(model: nn.Module, params: dict, channels: int) -> None:
     from vit_jax.models import paths
 
     paths.require_params(params, "the model")
-    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    expected = paths.shapes(jax.eval_shape(lambda r: init_params(model, r, channels), rng))
+    expected = paths.shapes(jax.eval_shape(lambda r: init_params(model, r, channels), KEY_SHAPE))
     given = paths.shapes(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params))
     if given == expected:
         return

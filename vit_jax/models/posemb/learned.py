@@ -42,8 +42,8 @@ def add(module: nn.Module, position: Position, x: jax.Array) -> jax.Array:
     if module.has_variable("params", PARAM) and module.get_variable("params", PARAM).shape != shape:
         raise ValueError(
             f"the parameters hold a position table of shape "
-            f"{module.get_variable('params', PARAM).shape}, made for another image size than "
-            f"this model's {h}x{w} patch grid {shape}: adapt them with "
+            f"{module.get_variable('params', PARAM).shape}, made for another image size or "
+            f"class-token slot than this model's {h}x{w} patch grid {shape}: adapt them with "
             "vit_jax.checkpoint.adapt_params(params, model, rng) or restore_into (both resize "
             "the table), or build the model for the size they were trained at."
         )
