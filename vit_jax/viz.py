@@ -75,7 +75,7 @@ def posemb_table(
         rng = jax.random.key(0) if rng is None else rng
         added, _ = module.init_with_output(rng, tokens)
     else:
-        paths.require_params(params, "posemb_table")
+        paths.require_params(params, "posemb_table", whole=False)
         scope = params.get(paths.TRANSFORMER, {}).get(paths.POSEMB_SCOPE)
         if additive.params and scope is None:
             raise ValueError(
@@ -190,7 +190,7 @@ def logits_by_offset(
         rng = jax.random.key(0) if rng is None else rng
         logits, _ = module.init_with_output(rng, qk, qk)
     else:
-        paths.require_params(params, "logits_by_offset")
+        paths.require_params(params, "logits_by_offset", whole=False)
         transformer = unscan_params(params).get(paths.TRANSFORMER, {})
         scope = transformer.get(paths.block_name(layer), {}).get(paths.BLOCK_ATTENTION, {})
         missing = [rule.name for rule in attention.params if rule.name not in scope]

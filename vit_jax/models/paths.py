@@ -61,15 +61,18 @@ def block_names(transformer: Mapping[str, Any]) -> list[str]:
     return sorted((k for k in transformer if block_index(k) is not None), key=block_index)
 
 
-def require_params(params: Any, caller: str) -> None:
-    """Raises ValueError unless `params` is a model's parameter tree (with the patch
-    embedding): the usual mistake is passing Flax's variables {"params": ...} instead."""
-    if isinstance(params, Mapping) and EMBEDDING in params:
+def require_params(params: Any, caller: str, *, whole: bool = True) -> None:
+    """Raises ValueError unless `params` is a model's parameter tree: the usual mistake is
+    passing Flax's variables {"params": ...} instead. `whole`: the tree must hold the patch
+    embedding too (False: a part of the tree, e.g. the position parameters alone, will do)."""
+    is_tree = isinstance(params, Mapping)
+    variables = is_tree and "params" in params and TRANSFORMER not in params
+    if not variables and (not whole or (is_tree and EMBEDDING in params)):
         return
-    got = f"keys {sorted(params)}" if isinstance(params, Mapping) else type(params).__name__
+    got = f"keys {sorted(params)}" if is_tree else type(params).__name__
     fix = (
         "pass variables['params'], not the variables"
-        if isinstance(params, Mapping) and "params" in params
+        if variables
         else "pass the parameters of a model of this package"
     )
     raise ValueError(
