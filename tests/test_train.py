@@ -402,8 +402,8 @@ def test_removing_an_empty_workdir_never_removes_a_file(tmp_path):
     (tmp_path / "w" / "kept").mkdir()
     (tmp_path / "w" / "kept" / "config.json").write_text("{}")  # written meanwhile
     assert manager.newest_stored_config(str(tmp_path / "w")) is None  # no finished step
-    remove_if_empty(str(tmp_path / "w"))
-    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["kept"]
+    remove_if_empty(str(tmp_path / "w"))  # a run's workdir with a file stays whole
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["checkpoints", "kept"]
     (tmp_path / "w" / "kept" / "config.json").unlink()
     remove_if_empty(str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()

@@ -287,9 +287,12 @@ def train_and_evaluate(config, workdir: str, dataset: data.Dataset | None = None
 
 
 def remove_if_empty(directory: str) -> None:
-    """Removes `directory` and the empty folders in it, bottom-up with `os.rmdir`, which
-    refuses a folder that holds anything: a file written meanwhile (another process) stays."""
+    """Removes `directory` if it holds no file, only (nested) empty folders: bottom-up with
+    `os.rmdir`, which refuses a folder that holds anything, so a file another process writes
+    meanwhile stays. A directory with any file is left whole."""
     directory = os.path.abspath(os.path.expanduser(directory))
+    if any(files for _, _, files in os.walk(directory)):
+        return
     for folder, _, _ in os.walk(directory, topdown=False):
         with contextlib.suppress(OSError):
             os.rmdir(folder)
