@@ -22,7 +22,12 @@ import jax
 from vit_jax import models
 from vit_jax.checkpoint import architecture, layout, published
 from vit_jax.checkpoint.adapt import per_block_shapes
-from vit_jax.checkpoint.restore import checkpoint_shapes, locate, restore_into
+from vit_jax.checkpoint.restore import (
+    checkpoint_shapes,
+    locate,
+    restore_into,
+    with_reference_grid,
+)
 from vit_jax.models.posemb import learned
 
 # What `architecture.infer` says when no position parameter is stored.
@@ -75,10 +80,7 @@ class Checkpoint:
                 "model has either a fixed (sinusoidal) position embedding or none: pass "
                 "posemb='sincos2d' (or 'sincos1d', 'rope_axial', 'none', ...)."
             )
-        model = models.build(fields)
-        if model.posemb_grid is None and self.trained_grid not in (None, model.grid):
-            model = model.clone(posemb_grid=self.trained_grid)
-        return model
+        return with_reference_grid(models.build(fields), self.trained_grid)
 
 
 def open_checkpoint(source: str | os.PathLike) -> Checkpoint:

@@ -89,10 +89,17 @@ def with_trained_grid(model: VisionTransformer, path: str | os.PathLike) -> Visi
     model.posemb_grid is unset and that grid is not model.grid; else `model` unchanged."""
     if model.posemb_grid is not None:
         return model
-    grid = _reference_grid(path, likely_grid=model.grid)
-    if grid is None or grid == model.grid:
+    return with_reference_grid(model, _reference_grid(path, likely_grid=model.grid))
+
+
+def with_reference_grid(
+    model: VisionTransformer, grid: tuple[int, int] | None
+) -> VisionTransformer:
+    """`model` with posemb_grid = `grid`, when posemb_grid is unset and `grid` is known and
+    not the model's own; else `model` unchanged."""
+    if model.posemb_grid is not None or grid is None or tuple(grid) == model.grid:
         return model
-    return model.clone(posemb_grid=grid)
+    return model.clone(posemb_grid=tuple(grid))
 
 
 def load_params(path: str | os.PathLike) -> tuple[dict, dict]:

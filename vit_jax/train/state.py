@@ -30,7 +30,7 @@ def check_params(model: nn.Module, params: dict, channels: int) -> None:
 
     paths.require_params(params, "the model")
     expected = paths.shapes(jax.eval_shape(lambda r: init_params(model, r, channels), KEY_SHAPE))
-    given = paths.shapes(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params))
+    given = paths.shapes(params)
     if given == expected:
         return
     extra = sorted(set(given) - set(expected))
