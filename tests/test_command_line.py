@@ -92,6 +92,20 @@ def test_a_file_that_is_no_config_is_refused(tmp_path):
         command_line.load(os.path.join(cli.ROOT, "README.md"))
 
 
+def test_a_config_file_giving_a_field_another_type_says_which_and_how(tmp_path):
+    (tmp_path / "mine.py").write_text(
+        "from vit_jax.train.config import base_config, model_config\n"
+        "def get_config(arg=None):\n"
+        "    config = base_config()\n"
+        "    config.model = model_config('Ti/16', 224)\n"
+        "    config.model.image_size = 32\n"
+        "    return config\n"
+    )
+    with pytest.raises(ValueError, match=re.escape("mine.py: image_size cannot take that")) as e:
+        command_line.load(str(tmp_path / "mine.py"))
+    assert "(height, width) pair: write e.g. (32, 32)" in str(e.value)
+
+
 def test_overrides_are_read_as_their_fields_type():
     config = command_line.load(
         "digits",

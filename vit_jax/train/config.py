@@ -23,6 +23,7 @@ import dataclasses
 import importlib.util
 import math
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -379,7 +380,17 @@ def config_from_file(path: str, arg: str | None = None) -> ml_collections.Config
     spec.loader.exec_module(module)
     if not callable(getattr(module, "get_config", None)):
         raise ValueError(f"config file {path} has no get_config(arg=None) function.")
-    return module.get_config(arg)
+    try:
+        return module.get_config(arg)
+    except TypeError as e:  # ml_collections keeps each field's type: `image_size = 32`
+        if not (typed := re.match(r"Could not override field '(\w+)'", str(e))):
+            raise
+        pair = "'tuple'" in str(e)
+        raise ValueError(
+            f"config file {path}: {typed[1]} cannot take that value: {e}. A field keeps the "
+            "type of its default"
+            + ("; it is a (height, width) pair: write e.g. (32, 32)." if pair else ".")
+        ) from None
 
 
 def sibling_config(config_file: str, name: str, arg: str | None = None):
