@@ -94,7 +94,25 @@ def test_a_corrupted_download_is_refused_and_deleted(server, cache):
     url = server.url("/w/bad.npz")
     with pytest.raises(DownloadError, match=r"corrupted \(its MD5 is .*x-goog-hash says"):
         fetch(url, progress=False)
-    assert cache_files(cache) == [os.path.relpath(download.cache_path(url), cache) + ".lock"]
+    assert cache_files(cache) == []  # neither the file nor its lock
+
+
+def test_the_file_lock_has_one_holder_though_each_holder_removes_it(tmp_path):
+    path, inside, most = str(tmp_path / "f.npz"), [0], [0]
+
+    def hold(i):
+        with download._locked(path):
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            time.sleep(0.02)
+            inside[0] -= 1
+            if i % 2:
+                raise OSError("a failed download")  # removes the lock on the way out too
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        outcomes = [f.exception() for f in [pool.submit(hold, i) for i in range(12)]]
+    assert most[0] == 1 and sum(e is not None for e in outcomes) == 6
+    assert os.listdir(tmp_path) == []
 
 
 def test_no_network_names_the_url_and_where_to_put_the_file(cache):
@@ -108,7 +126,7 @@ def test_no_network_names_the_url_and_where_to_put_the_file(cache):
     path = download.cache_path(url)
     assert "Connection refused" in message and "no network?" in message
     assert f"put it at {path}" in message and f"curl -L -o {path} {url}" in message
-    assert not os.path.exists(path)
+    assert cache_files(cache) == []  # no lock left behind
 
 
 def test_gs_urls_are_read_from_the_configured_endpoint(server, cache, monkeypatch):

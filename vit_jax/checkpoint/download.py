@@ -162,15 +162,26 @@ class _Remote:
 
 @contextlib.contextmanager
 def _locked(path: str) -> Iterator[None]:
-    """Holds an exclusive lock on PATH.lock; removed once PATH is complete."""
+    """Holds an exclusive lock on PATH.lock, and removes the lock file when done (a download
+    that failed leaves no lock behind). A waiter that wakes on a lock file already removed
+    locks the new one instead: one holder at a time."""
     import fcntl
 
     lock = f"{path}.lock"
-    with open(lock, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-        if os.path.isfile(path):  # waiters find the file; later callers never lock
-            _remove(lock)
+    while True:
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                current = os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+            if not current:
+                continue  # its holder removed it: lock the file that is there now
+            try:
+                yield
+            finally:
+                _remove(lock)
+            return
 
 
 def _download(
