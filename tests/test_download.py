@@ -97,6 +97,20 @@ def test_a_corrupted_download_is_refused_and_deleted(server, cache):
     assert cache_files(cache) == []  # neither the file nor its lock
 
 
+def test_a_composite_object_is_checked_by_its_crc32c(server, cache):
+    server.files["/w/c.npz"] = data = content()
+    server.composite.add("/w/c.npz")
+    assert open(fetch(server.url("/w/c.npz"), progress=False), "rb").read() == data
+    server.files["/w/bad.npz"] = content()
+    server.composite.add("/w/bad.npz")
+    server.corrupt.add("/w/bad.npz")
+    with pytest.raises(DownloadError, match=r"corrupted \(its CRC32C is .*x-goog-hash says"):
+        fetch(server.url("/w/bad.npz"), progress=False)
+    assert cache_files(cache) == [
+        os.path.relpath(download.cache_path(server.url("/w/c.npz")), cache)
+    ]
+
+
 def test_the_file_lock_has_one_holder_though_each_holder_removes_it(tmp_path):
     path, inside, most = str(tmp_path / "f.npz"), [0], [0]
 

@@ -8,12 +8,13 @@ $VIT_JAX_CACHE (default ~/.cache/vit_jax) as gs/BUCKET/OBJECT or SCHEME/HOST/PAT
 already there is used without asking the network, so one put there by hand works offline.
 
 A download goes to FILE.partial (what the server said about the file, in FILE.partial.json) and
-is renamed to FILE only once its length is the server's Content-Length and its MD5 the one in
-the server's `x-goog-hash: md5=...` header (Cloud Storage sends it; crc32c is not checked): a
-file in the cache is complete. A dropped connection is resumed where it stopped with an HTTP
-Range request (If-Range: the file must not have changed), in the same call or a later one;
-server errors are retried with a growing wait. Processes fetching the same file wait for each
-other (a lock file). Standard library only (urllib).
+is renamed to FILE only once its length is the server's Content-Length and its MD5 and CRC32C
+are those of the server's `x-goog-hash: crc32c=...,md5=...` header (Cloud Storage sends both,
+or only crc32c for a composite object): a file in the cache is complete. A dropped connection
+is resumed where it stopped with an HTTP Range request (If-Range: the file must not have
+changed), in the same call or a later one; server errors are retried with a growing wait.
+Processes fetching the same file wait for each other (a lock file). urllib, and google-crc32c
+for the CRC32C.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 
+import google_crc32c
+
 CACHE_ENV = "VIT_JAX_CACHE"
 GCS_ENDPOINT_ENV = "VIT_JAX_GCS_ENDPOINT"
 DEFAULT_CACHE = "~/.cache/vit_jax"
@@ -44,6 +47,8 @@ SCHEMES = ("http", "https", "gs")
 PARTIAL = ".partial"  # suffix of a download in progress; its server facts in PARTIAL + ".json"
 # Answers worth asking again: timeouts, rate limits and server-side failures.
 _RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+# The digests that x-goog-hash may carry, as hashlib-like objects (update, digest).
+HASHES = {"md5": hashlib.md5, "crc32c": google_crc32c.Checksum}
 _CHUNK = 1 << 20
 _MAX_WAIT = 30.0
 
@@ -142,7 +147,7 @@ class _Remote:
 
     url: str
     size: int | None  # bytes (Content-Length), if told
-    md5: str | None  # base64, from x-goog-hash, if told
+    hashes: dict[str, str]  # {"md5"|"crc32c": base64} from x-goog-hash, those told
     etag: str | None
 
     @classmethod
@@ -300,7 +305,7 @@ def _start(
     remote = _Remote(
         url=url,
         size=int(length) if length and length.isdigit() else None,
-        md5=_md5(response.headers.get_all("x-goog-hash") or []),
+        hashes=_hashes(response.headers.get_all("x-goog-hash") or []),
         etag=response.headers.get("ETag"),
     )
     open(partial, "wb").close()
@@ -308,31 +313,37 @@ def _start(
     return remote, 0
 
 
-def _md5(values: list[str]) -> str | None:
-    """The base64 MD5 of `x-goog-hash: crc32c=..., md5=...` headers (one or several)."""
+def _hashes(values: list[str]) -> dict[str, str]:
+    """{name: base64 digest} of the MD5 and CRC32C in `x-goog-hash: crc32c=..., md5=...`
+    headers (one or several)."""
+    told = {}
     for value in values:
         for item in value.split(","):
             name, _, digest = item.strip().partition("=")
-            if name == "md5":
-                return digest
-    return None
+            if name in HASHES:
+                told[name] = digest
+    return told
 
 
 def _check(partial: str, facts: str, remote: _Remote, source: str) -> None:
-    """Raises DownloadError (and deletes the partial file) unless its length and MD5 are the
-    server's."""
+    """Raises DownloadError (and deletes the partial file) unless its length, MD5 and CRC32C
+    are the server's."""
     size = os.path.getsize(partial)
     why = None
     if remote.size is not None and size != remote.size:
         why = f"{size} bytes received, the server announced {remote.size}"
-    elif remote.md5 is not None:
-        digest = hashlib.md5()
+    elif remote.hashes:
+        digests = {name: make() for name, make in HASHES.items() if name in remote.hashes}
         with open(partial, "rb") as f:
             while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-        got = base64.b64encode(digest.digest()).decode()
-        if got != remote.md5:
-            why = f"its MD5 is {got}, the server's x-goog-hash says {remote.md5}"
+                for digest in digests.values():
+                    digest.update(chunk)
+        for name, digest in digests.items():
+            got = base64.b64encode(digest.digest()).decode()
+            if got != remote.hashes[name]:
+                why = f"its {name.upper()} is {got}, the server's x-goog-hash says "
+                why += remote.hashes[name]
+                break
     if why:
         _remove(partial, facts)
         raise DownloadError(
