@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import SMALL, random_params
 from vit_jax import models
-from vit_jax.models.attention import resolve_impl
+from vit_jax.models.attention import resolve_impl, softmax
 from vit_jax.train import cost
 from vit_jax.train.step import make_train_step
 
@@ -59,6 +59,19 @@ def test_fast_attention_gives_the_reference_logits_and_gradients(posemb, classif
         got_loss, got_grads = loss(model)
         np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
         chex.assert_trees_all_close(got_grads, want_grads, atol=1e-4, rtol=1e-4)
+
+
+def test_the_fused_softmax_has_jax_softmax_values_and_derivatives():
+    x = 20 * jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5, 7))  # large: max subtracted
+    w = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+    np.testing.assert_allclose(softmax(x), jax.nn.softmax(x, axis=-1), rtol=1e-6, atol=1e-7)
+    for fn in (softmax, lambda x: jax.nn.softmax(x, axis=-1)):
+        loss = lambda x, fn=fn: jnp.sum(jnp.sin(fn(x)) * w)
+        grad, hvp = jax.jvp(jax.grad(loss), (x,), (w,))  # second order too
+        if fn is softmax:
+            ours = grad, hvp
+    np.testing.assert_allclose(ours[0], grad, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours[1], hvp, rtol=1e-4, atol=1e-5)
 
 
 def test_every_implementation_declares_the_same_parameters_with_the_same_values():

@@ -15,7 +15,8 @@ reads the same parameters and gives the same outputs (to float32 rounding; teste
   built from the stored kernels on the fly: the checkpoint layout does not change), the
   attention products in [B, heads, N, head_dim] layout (batch dimensions leading, no transposes
   inside the products) with q scaled before its product, and the output projection as one
-  [B*N, D] x [D, D] product. The fastest on CPU and TPU.
+  [B*N, D] x [D, D] product, and a softmax whose derivative is written from its output
+  (`softmax`). The fastest on CPU and TPU.
 - `xla` / `cudnn`: the fused projection and `jax.nn.dot_product_attention` with that
   implementation (`cudnn`: NVIDIA GPUs, flash attention, 16-bit dtypes).
 - `auto` (default): `jax.nn.dot_product_attention` on GPUs (cuDNN where it supports the inputs,
@@ -51,6 +52,24 @@ def resolve_impl(impl: str, *, dropout: bool, backend: str | None = None) -> str
     if dropout:
         return "fused"
     return "library" if (backend or jax.default_backend()) == "gpu" else "fused"
+
+
+@jax.custom_jvp
+def softmax(logits: jax.Array) -> jax.Array:
+    """`jax.nn.softmax` over the last axis (the same formula, the same values), differentiated
+    as y * (dx - sum(y * dx)) from its output y alone. jax.nn.softmax keeps that rule behind
+    the off-by-default `jax_softmax_custom_jvp`; autodiff through its exp and division keeps
+    exp(x - max) and a broadcast 1/sum for the backward pass as well: ViT-S/16 at batch 32
+    holds 16% more memory and steps slower (see README "Results")."""
+    unnormalized = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    return unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
+
+
+@softmax.defjvp
+def _softmax_jvp(primals, tangents):
+    (logits,), (dlogits,) = primals, tangents
+    y = softmax(logits)
+    return y, y * (dlogits - jnp.sum(y * dlogits, axis=-1, keepdims=True))
 
 
 class Projection(nn.Module):
@@ -178,7 +197,7 @@ class Attention(nn.Module):
         logits = logits.astype(jnp.float32)
         if bias is not None:
             logits = logits + broadcast_batch(bias, logits.shape[0])
-        weights = jax.nn.softmax(logits, axis=-1)
+        weights = softmax(logits)
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=self.deterministic)
         y = precision.einsum("bhqk,bhkd->bhqd", weights, v, dtype=self.dtype)
         return y.transpose(0, 2, 1, 3)
@@ -198,4 +217,5 @@ __all__ = [
     "Projection",
     "fused_projection",
     "resolve_impl",
+    "softmax",
 ]
