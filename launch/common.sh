@@ -50,13 +50,22 @@ run_background() {
 }
 
 # Waits for every background command and exits with the last failure's status (or prints
-# "wait" under --dry-run).
+# "wait" under --dry-run). Ctrl-C or a SIGTERM to this script is passed on to every command as
+# SIGTERM (background commands of a script ignore SIGINT): each run saves and stops (status 75).
 wait_all() {
   if ((dry_run)); then
     echo wait
     exit 0
   fi
-  local status=0 pid
-  for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+  trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' INT TERM
+  local status=0 pid code
+  for pid in "${pids[@]}"; do
+    while :; do
+      code=0
+      wait "$pid" || code=$?
+      kill -0 "$pid" 2>/dev/null || break # ended, not a signal that interrupted the wait
+    done
+    ((code == 0)) || status=$code
+  done
   exit "$status"
 }

@@ -2,10 +2,13 @@
 and runs nothing. The cluster tools (gcloud, srun) and python are fakes on PATH that record how
 they were called, so a real launch can run here too and be compared with its dry run."""
 
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -241,3 +244,33 @@ def test_shellcheck():
     assert len(paths) == 4
     p = subprocess.run(["shellcheck", "-x", *paths], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_ctrl_c_to_a_launch_stops_every_process_with_sigterm(tmp_path):
+    # A script's background commands ignore SIGINT: wait_all passes it on as SIGTERM, which a
+    # run answers by saving and stopping with status 75.
+    child = 'trap "touch $STOPPED; exit 75" TERM; for _ in {1..200}; do sleep 0.05; done'
+    (tmp_path / "launch.sh").write_text(
+        f"source {shlex.quote(os.path.join(LAUNCH, LIBRARY))}\n"
+        + "".join(
+            f"run_background env STOPPED={tmp_path}/stopped{i} bash -c {shlex.quote(child)}\n"
+            for i in range(2)
+        )
+        + "echo started\nwait_all\n"
+    )
+    p = subprocess.Popen(
+        ["bash", str(tmp_path / "launch.sh")],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, killed whole below
+    )
+    try:
+        assert p.stdout.readline() == "started\n"
+        time.sleep(0.5)  # the children have set their traps
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=10) == 75
+        assert sorted(f.name for f in tmp_path.glob("stopped*")) == ["stopped0", "stopped1"]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
