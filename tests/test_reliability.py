@@ -3,6 +3,8 @@
 import json
 import os
 import shutil
+import signal
+import time
 
 import chex
 import numpy as np
@@ -55,6 +57,25 @@ def _stored_params(step_dir) -> list[np.ndarray]:
 
     params, _ = load_params(str(step_dir))
     return list(paths.flatten(params).values())
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_ctrl_c_stops_a_run_as_sigterm_does_with_one_process_or_several(processes, monkeypatch):
+    # With several processes JAX's SIGTERM handler (its preemption notifier, here a recorder)
+    # stays, and SIGINT must reach it as a SIGTERM; with one, both set the stop flag.
+    monkeypatch.setattr(stopping.jax, "process_count", lambda: processes)
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        before = signal.getsignal(signal.SIGINT)
+        with stopping.StopSignals() as signals:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # Python runs handlers between bytecodes of the main thread
+            assert signals.requested == (processes == 1)
+            assert received == ([] if processes == 1 else [signal.SIGTERM])
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_a_torn_last_line_of_metrics_is_dropped_on_resume(tmp_path):

@@ -109,8 +109,11 @@ def deadline(seconds: float, what: str):
 
 
 class StopSignals:
-    """While entered (in the main thread of a one-process run), SIGTERM and SIGINT set
-    `requested` instead of killing the process; the previous handlers come back on exit."""
+    """While entered (in the main thread), SIGTERM and SIGINT stop the run at a step boundary
+    instead of killing the process; the previous handlers come back on exit. One process: both
+    set `requested`. Several: JAX's own SIGTERM handler (the preemption notifier behind Orbax's
+    sync point, through which the processes agree on the step) stays, and SIGINT (Ctrl-C) is
+    made a SIGTERM to this process; a flag of one process could not stop the others."""
 
     def __init__(self):
         self._requested = threading.Event()
@@ -121,11 +124,13 @@ class StopSignals:
         return self._requested.is_set()
 
     def __enter__(self) -> StopSignals:
-        # With several processes JAX's own SIGTERM handler (the preemption notifier behind
-        # Orbax's sync point) must stay; a flag of one process could not stop the others.
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        if jax.process_count() == 1:
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+        else:
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, _as_sigterm)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -134,6 +139,10 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         self._requested.set()
+
+
+def _as_sigterm(signum, frame) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def stop_requested(manager, step: int, signals: StopSignals) -> bool:
