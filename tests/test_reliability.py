@@ -100,6 +100,11 @@ def test_rerunning_a_finished_run_writes_no_second_final_evaluation(digits_dir, 
     assert again["accuracy"] == first["accuracy"]
     evals = [r for r in read_metrics(workdir) if "split" in r]
     assert [r["step"] for r in evals] == [2]
+    stored = open(os.path.join(workdir, "config.json")).read()
+    shorter = tiny_config(digits_dir, total_steps=1, **{"optimizer.warmup_steps": 0})
+    with pytest.raises(ValueError, match="newest checkpoint is at step 2, past total_steps=1"):
+        train_and_evaluate(shorter, workdir)
+    assert open(os.path.join(workdir, "config.json")).read() == stored  # not rewritten
 
 
 def test_a_non_finite_checkpoint_is_refused_as_init_from(tmp_path):

@@ -166,13 +166,20 @@ def remember_trained_grid(settings: Settings, stored: dict | None = None) -> Set
 COMPUTE_FIELDS = ("dtype", "remat_policy", "attention_impl")
 
 
-def check_same_run(manager, config_dict: dict) -> None:
+def check_same_run(manager, config_dict: dict, total_steps: int) -> None:
     """Raises ValueError if the workdir's newest checkpoint is of another model (architecture)
     or optimizer, which could not be resumed (use a new workdir, or start from it with
-    init_from). COMPUTE_FIELDS, the mesh and the parallel strategy may change."""
+    init_from), or past `total_steps`. COMPUTE_FIELDS, the mesh and the parallel strategy may
+    change."""
     step = manager.latest_step()
     if step is None:
         return
+    if step > total_steps:
+        raise ValueError(
+            f"the workdir's newest checkpoint is at step {step}, past total_steps={total_steps}: "
+            f"to train it further set --config.total_steps above {step}; to evaluate it, "
+            f"vit_jax.train.loop.evaluate (or vit-predict); for a shorter run, a new --workdir."
+        )
     stored = ckpt.stored_config(manager, step)
     changed = [
         f"{section}.{key}: {old!r} -> {config_dict[section].get(key)!r}"
@@ -259,7 +266,8 @@ def train_and_evaluate(config, workdir: str, dataset: data.Dataset | None = None
     exit path, errors included.
 
     Returns the final summary: {"step", "accuracy", "loss", "num_examples", "train_seconds",
-    "img_per_sec"} (or {"step", "preempted": True} if the run stopped for a preemption).
+    "compile_seconds", "img_per_sec"} (img/s of the steps after the first, which compiles), or
+    {"step", "preempted": True} if the run stopped for a preemption.
     """
     with contextlib.ExitStack() as cleanup:
         if not os.path.exists(os.path.expanduser(workdir)):  # a failed start leaves none behind
@@ -277,13 +285,11 @@ def train_and_evaluate(config, workdir: str, dataset: data.Dataset | None = None
         if resumed:
             again = " (init_from is not read again)" if run.settings.train.init_from else ""
             reporter.message(f"resumed from {run.manager.directory} at step {start_step}{again}")
-        state, eval_step, train_seconds, stopped = train_steps(
-            run, state, train_iter, reporter, signals
-        )
+        state, eval_step, timing, stopped = train_steps(run, state, train_iter, reporter, signals)
         if stopped:
             reporter.message(f"preempted at step {stopped}: checkpoint saved; rerun to resume")
             return {"step": stopped, "preempted": True}
-        return finish(run, state, eval_step, start_step, train_seconds, reporter)
+        return finish(run, state, eval_step, start_step, timing, reporter)
 
 
 def remove_if_empty(directory: str) -> None:
@@ -341,7 +347,7 @@ def set_up(config, workdir: str, dataset: data.Dataset | None = None) -> Run:
         save_every_minutes=train.checkpoint_every_minutes,
     )
     try:
-        check_same_run(manager, config_dict)
+        check_same_run(manager, config_dict, train.total_steps)
     except ValueError:
         manager.close()
         raise
@@ -391,8 +397,8 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
     evaluating every eval_every_steps and saving as the manager decides (and at the end), until
     a stop is requested (`stopping.stop_requested`: then it saves at once). Raises
     DivergedError at a non-finite step (nonfinite='stop') or state; a checkpoint only ever
-    holds a finite state. Returns (state, the compiled eval step, training seconds, the step
-    the run stopped at, or 0 if it completed)."""
+    holds a finite state. Returns (state, the compiled eval step, (training seconds, of which
+    compiling the first step), the step the run stopped at, or 0 if it completed)."""
     par, train = run.par, run.settings.train
     start_step = int(to_host(state["step"]))
     reporter.message(describe(run, state, start_step))
@@ -448,10 +454,11 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
             if stop:
                 with saving(run):
                     run.manager.wait_until_finished()
-                return state, eval_step, time.perf_counter() - train_start, done
+                timing = (time.perf_counter() - train_start, speed.compile_seconds or 0.0)
+                return state, eval_step, timing, done
     finally:
         profiler.close()
-    return state, eval_step, time.perf_counter() - train_start, 0
+    return state, eval_step, (time.perf_counter() - train_start, speed.compile_seconds or 0.0), 0
 
 
 @dataclasses.dataclass
@@ -552,26 +559,37 @@ def evaluate_run(run: Run, eval_step: Callable, state) -> dict:
 
 
 def finish(
-    run: Run, state, eval_step: Callable, start_step: int, train_seconds: float, reporter
+    run: Run,
+    state,
+    eval_step: Callable,
+    start_step: int,
+    timing: tuple[float, float],
+    reporter: Reporter,
 ) -> dict:
-    """Evaluates the final state, waits for the last save and reports the summary."""
+    """Evaluates the final state, waits for the last save and reports the summary: the
+    training time, and img/s of the steps after the first (which compiles), evaluations and
+    saves included, as in the progress lines."""
     result = evaluate_run(run, eval_step, state)
     final_step = int(run.par.metric(state["step"]))
     reporter.eval(final_step, "eval", **result)
     with saving(run):
         run.manager.wait_until_finished()
     steps_run = final_step - start_step
-    batch_size = run.settings.train.batch_size
+    train_seconds, compile_seconds = timing
+    after = train_seconds - compile_seconds
+    images = max(steps_run - 1, 0) * run.settings.train.batch_size
     summary = {
         "step": final_step,
         **result,
         "train_seconds": train_seconds,
-        "img_per_sec": steps_run * batch_size / train_seconds if train_seconds else 0.0,
+        "compile_seconds": compile_seconds,
+        "img_per_sec": images / after if images and after > 0 else 0.0,
     }
     reporter.message(
         f"done: step {final_step}, eval accuracy {result['accuracy']:.4f} on "
         f"{result['num_examples']} examples, {steps_run} steps in "
-        f"{format_duration(train_seconds)} ({summary['img_per_sec']:,.0f} img/s)"
+        f"{format_duration(train_seconds)} (the first, compiling: {compile_seconds:.1f}s; "
+        f"then {summary['img_per_sec']:,.0f} img/s)"
     )
     write_plots(run, state, reporter)
     return summary
