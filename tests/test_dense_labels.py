@@ -218,6 +218,8 @@ def test_per_patch_eval_agrees_across_strategies_and_batch_sizes(canvas_dir):
     params = random_params(model, channels=1)
     jit = evaluate(model, params, dataset, batch_size=64)  # 297 = 4 x 64 + 41 (padded)
     pmap = evaluate(model, params, dataset, batch_size=304, par=parallel.make("pmap"))
+    with pytest.raises(ValueError, match="batch_size=100 is not divisible by 8 devices"):
+        evaluate(model, params, dataset, batch_size=100)  # before any compilation
     assert jit.keys() == pmap.keys() == {"accuracy", "loss", "num_examples", "miou"}
     assert jit["num_examples"] == pmap["num_examples"] == 297
     for key in ("accuracy", "loss", "miou"):

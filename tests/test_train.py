@@ -297,6 +297,10 @@ def test_image_folder_source_trains_and_evaluates(tmp_path, monkeypatch, capsys)
     "change,message",
     [
         (lambda c: setattr(c, "batch_size", 30), "batch_size=30 is not divisible by 8 devices"),
+        (
+            lambda c: setattr(c, "eval_batch_size", 30),
+            "eval_batch_size=30 is not divisible by 8 devices: use a multiple of 8.",
+        ),
         (lambda c: setattr(c.optimizer, "name", "lamb"), "optimizer.name='lamb' is unknown"),
         (lambda c: setattr(c.data, "name", "not_a_dataset"), "not_a_dataset"),
         (lambda c: setattr(c, "parallel", "fsdp"), "parallel='fsdp' is unknown"),

@@ -268,7 +268,7 @@ def _check_parallel(train: TrainOptions, mesh: MeshOptions) -> None:
             f"over mesh.fsdp={mesh.fsdp}: use parallel='jit' for FSDP, or mesh.fsdp=1."
         )
     parallel.check_batch_size(train.batch_size, train.grad_accum_steps)
-    parallel.check_batch_size(train.eval_batch_size)
+    parallel.check_batch_size(train.eval_batch_size, field="eval_batch_size")
 
 
 def with_dataset(settings: Settings, info: DatasetInfo) -> Settings:

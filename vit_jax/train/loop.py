@@ -77,12 +77,14 @@ def evaluate(
     `par` (default: jit over every device) places the parameters and batches; `eval_step`, an
     eval step that `par` compiled for parameters already placed (the training loop passes its
     own), skips placing and compiling here. Parameters that do not fit the model exactly (another
-    position embedding's table, another size) raise ValueError first (`check_params`).
+    position embedding's table, another size) and a batch that the devices cannot share equally
+    raise ValueError first (`check_params`, `parallel.check_batch_size`).
 
         dataset = data.open_dataset(validate(config).data)
         evaluate(model, params, dataset, batch_size=256)
     """
     par = par or parallel.make("jit")
+    parallel.check_batch_size(batch_size)
     if eval_step is None:
         check_params(model, params, dataset.info.channels)
         shardings = par.state_shardings(params)

@@ -33,13 +33,17 @@ PMAP_AXIS = "data"
 DEFAULT_MESH, DEFAULT_SHARDING = MeshOptions(), ShardingOptions()  # pure data parallelism
 
 
-def check_batch_size(global_batch_size: int, grad_accum_steps: int = 1) -> None:
-    """Raises ValueError unless every device (and every micro-batch) gets an equal share."""
+def check_batch_size(
+    global_batch_size: int, grad_accum_steps: int = 1, *, field: str = "batch_size"
+) -> None:
+    """Raises ValueError, naming `field`, unless every device (and every micro-batch) gets an
+    equal share."""
     devices = jax.device_count()
     if global_batch_size % (devices * grad_accum_steps):
+        accum = f" x grad_accum_steps={grad_accum_steps}" if grad_accum_steps > 1 else ""
         raise ValueError(
-            f"batch_size={global_batch_size} is not divisible by {devices} devices x "
-            f"grad_accum_steps={grad_accum_steps}: use a multiple of {devices * grad_accum_steps}."
+            f"{field}={global_batch_size} is not divisible by {devices} devices{accum}: use a "
+            f"multiple of {devices * grad_accum_steps}."
         )
 
 
