@@ -139,6 +139,9 @@ def test_checkpoints_by_time_and_the_provenance_of_each_start(digits_dir, tmp_pa
     train_and_evaluate(config, str(workdir))
     steps = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
     assert steps[-1] == 8 and len(steps) > 1  # saved by time, not only at the end
+    hourly = tiny_config(digits_dir, checkpoint_every_steps=1000, checkpoint_every_minutes=60)
+    train_and_evaluate(hourly, str(tmp_path / "hourly"))
+    assert os.listdir(tmp_path / "hourly" / "checkpoints") == ["8"]  # no save at the first step
     train_and_evaluate(config, str(workdir))  # a rerun: one more start recorded
     with open(workdir / "provenance.jsonl") as f:
         starts = [json.loads(line) for line in f]
