@@ -102,6 +102,9 @@ def test_with_dataset_fills_classes_and_steps_and_checks_them():
     config.num_epochs = 2.5
     settings = with_dataset(validate(config), DatasetInfo(7, 1000, 10, 3))
     assert settings.train.total_steps == 20 == settings.config.total_steps  # ceil(2500 / 128)
+    config.total_steps = None  # num_epochs decides it: it need not be set
+    settings = with_dataset(validate(config), DatasetInfo(7, 1000, 10, 3))
+    assert settings.train.total_steps == 20 == settings.config.total_steps
     assert settings.model.num_classes == 7 == settings.config.model.num_classes
     config.model.num_classes = 5
     with pytest.raises(ValueError, match="model.num_classes=5 but the dataset has 7"):

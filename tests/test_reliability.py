@@ -95,7 +95,13 @@ def test_rerunning_a_finished_run_writes_no_second_final_evaluation(digits_dir, 
     workdir = str(tmp_path / "run")
     config = tiny_config(digits_dir, total_steps=2, **{"optimizer.warmup_steps": 2})
     first = train_and_evaluate(config, workdir)  # its 2 warmup steps do not fit: a note
-    assert capsys.readouterr().out.count("note: optimizer.warmup_steps=2 is not below") == 1
+    out = capsys.readouterr().out
+    assert out.count("note: optimizer.warmup_steps=2 is not below") == 1
+    # img/s of the summary: the second step's 32 images over its time, the first one compiling
+    assert 0 < first["compile_seconds"] < first["train_seconds"]
+    after = first["train_seconds"] - first["compile_seconds"]
+    assert first["img_per_sec"] == pytest.approx(32 / after)
+    assert f"(the first, compiling: {first['compile_seconds']:.1f}s; then" in out
     again = train_and_evaluate(config, workdir)
     assert again["accuracy"] == first["accuracy"]
     evals = [r for r in read_metrics(workdir) if "split" in r]

@@ -338,8 +338,12 @@ def _section(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
 
 
 def _train_options(config: Mapping[str, Any]) -> TrainOptions:
-    """The top-level fields as TrainOptions; an unknown top-level field is an error."""
-    values = check(TrainOptions, dict(config), extra=SECTIONS)
+    """The top-level fields as TrainOptions; an unknown top-level field is an error. With
+    num_epochs set, an unset total_steps stands in as 1 until the dataset decides it."""
+    fields = dict(config)
+    if fields.get("num_epochs") is not None and fields.get("total_steps") is None:
+        fields["total_steps"] = 1
+    values = check(TrainOptions, fields, extra=SECTIONS)
     return TrainOptions(**{k: v for k, v in values.items() if k not in SECTIONS})
 
 

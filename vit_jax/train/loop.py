@@ -422,7 +422,7 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
     reporter.message(speed.describe())
     pending = PendingMetrics(par.metric, start_step, train.batch_size)
     profiler = StepProfiler(run.workdir, train.profile_start_step, train.profile_num_steps)
-    train_start = time.perf_counter()
+    train_start, compiling = time.perf_counter(), 0.0
     try:
         for step in range(start_step, train.total_steps):
             profiler.before(step)
@@ -434,8 +434,8 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
             done = step + 1
             if step == start_step:  # compiled on its first call: time it apart from throughput
                 jax.block_until_ready(metrics)
-                speed.compile_seconds = time.perf_counter() - train_start
-                reporter.message(f"first step (compilation included): {speed.compile_seconds:.1f}s")
+                speed.compile_seconds = compiling = time.perf_counter() - train_start
+                reporter.message(f"first step (compilation included): {compiling:.1f}s")
                 pending.restart_clock(done)
             message = profiler.after(done, (state, metrics))
             if message:
@@ -456,11 +456,10 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
             if stop:
                 with saving(run):
                     run.manager.wait_until_finished()
-                timing = (time.perf_counter() - train_start, speed.compile_seconds or 0.0)
-                return state, eval_step, timing, done
+                return state, eval_step, (time.perf_counter() - train_start, compiling), done
     finally:
         profiler.close()
-    return state, eval_step, (time.perf_counter() - train_start, speed.compile_seconds or 0.0), 0
+    return state, eval_step, (time.perf_counter() - train_start, compiling), 0
 
 
 @dataclasses.dataclass
