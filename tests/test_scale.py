@@ -160,6 +160,10 @@ def test_the_rule_splits_large_tensors_along_their_largest_divisible_dimension()
     assert spec((3001, 10), 1, 8, 0) == P()  # no dimension divides by 8
     assert spec((4, 16), 1, 8, 0, "1") == P(None, "fsdp")  # an override names the dimension
     assert spec((4, 16), 10**9, 8, 0, "replicate") == P()
+    with pytest.raises(ValueError, match=r"'5' for head/kernel \(96, 10\): it has no dimension 5"):
+        spec((96, 10), 1, 8, 0, "5", "head/kernel")
+    with pytest.raises(ValueError, match=r"splits its dimension 1 \(10\) over fsdp=8"):
+        spec((96, 10), 1, 8, 0, "1", "head/kernel")
 
 
 @pytest.mark.parametrize(

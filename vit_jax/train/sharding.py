@@ -117,16 +117,25 @@ def path_name(path) -> str:
     return "/".join(names)
 
 
-def leaf_spec(shape: tuple[int, ...], nbytes: int, fsdp: int, min_bytes: float, rule=None) -> P:
-    """The PartitionSpec of one leaf: `rule` (an override) or the size-thresholded FSDP rule."""
+def leaf_spec(
+    shape: tuple[int, ...], nbytes: int, fsdp: int, min_bytes: float, rule=None, name: str = ""
+) -> P:
+    """The PartitionSpec of one leaf (`name`, for messages): `rule` (an override) or the
+    size-thresholded FSDP rule."""
     if rule == "replicate" or fsdp == 1 and rule is None:
         return P()
     if rule is not None and rule.isdigit():
         dim = int(rule)
-        if dim >= len(shape) or shape[dim] % fsdp:
+        what = f"sharding override {rule!r} for {name or 'a tensor'} {shape}"
+        if dim >= len(shape):
             raise ValueError(
-                f"sharding override splits dimension {dim} of a {shape} tensor over fsdp={fsdp}, "
-                "which does not divide it: choose another dimension or 'replicate'."
+                f"{what}: it has no dimension {dim} (only 0-{len(shape) - 1}): choose one of "
+                "them or 'replicate'."
+            )
+        if shape[dim] % fsdp:
+            raise ValueError(
+                f"{what} splits its dimension {dim} ({shape[dim]}) over fsdp={fsdp}, which does "
+                "not divide it: choose another dimension or 'replicate'."
             )
         return P(*([None] * dim + [FSDP]))
     if rule is None and nbytes <= min_bytes:
@@ -156,7 +165,7 @@ def state_specs(abstract_state, fsdp: int, opts: ShardingOptions) -> object:
     for name, (_, leaf) in zip(names, leaves, strict=True):
         rule = next((r for p, r in overrides if re.search(p, name)), None)
         nbytes = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
-        specs.append(leaf_spec(tuple(leaf.shape), nbytes, fsdp, min_bytes, rule))
+        specs.append(leaf_spec(tuple(leaf.shape), nbytes, fsdp, min_bytes, rule, name))
     return jax.tree_util.tree_unflatten(tree, specs)
 
 
