@@ -88,6 +88,8 @@ def test_an_unknown_field_gets_a_did_you_mean(section, field, message):
         ("optimizer", "grad_clip_norm", -1.0, "optimizer.grad_clip_norm=-1.0 is out of range"),
         (None, "label_smoothing", 1.0, "label_smoothing=1.0 is out of range"),
         ("data", "prefetch", 0, "data.prefetch=0 is out of range: it must be >= 1"),
+        ("model", "dtype", "bf16", "model.dtype='bf16' is not a floating-point dtype"),
+        ("model", "remat_policy", "foo", "model.remat_policy='foo' is unknown"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_field(section, field, value, message):

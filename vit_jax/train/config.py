@@ -349,11 +349,18 @@ def _train_options(config: Mapping[str, Any]) -> TrainOptions:
 
 def _build_model(model_cfg: Mapping[str, Any]) -> VisionTransformer:
     """The model of a model section (an unset num_classes stands in as 1, to check the other
-    fields before the dataset decides it)."""
+    fields before the dataset decides it). A message that names a model field names it as the
+    config does (dtype='bf16' -> model.dtype='bf16')."""
     fields = dict(model_cfg)
     if fields.get("num_classes") is None:
         fields["num_classes"] = 1
-    return models.build(fields)
+    try:
+        return models.build(fields)
+    except ValueError as e:
+        named = re.match(r"(\w+)=", str(e))
+        if named and named[1] in fields:
+            raise ValueError(f"model.{e}") from None
+        raise
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:
