@@ -5,6 +5,7 @@ would hide mistakes); shapes come from jax.eval_shape so that little is compiled
 """
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -559,6 +560,8 @@ def test_inspect_and_convert_tools(tmp_path, capsys):
         (tmp_path / "notes.txt", "notes.txt is a file: an Orbax checkpoint is a directory"),
         (tmp_path / "back", "back already holds files: name a new (or empty) directory"),
         (tmp_path / "new", "new already holds files"),
+        (tmp_path / "notes.txt" / "x.npz", "notes.txt is a file, not a directory"),
+        *[("/proc/x.npz", "/proc takes no new files")] * os.path.isdir("/proc"),  # Linux
     ):
         assert convert_tool.main([str(tmp_path / "missing"), str(dst)]) == 2
         err = capsys.readouterr().err

@@ -128,6 +128,23 @@ def test_class_names_come_with_the_checkpoint(tmp_path):
     assert class_names.imagenet2012()[281] == "tabby, tabby cat"
 
 
+def test_an_exported_model_comes_back_as_it_was_and_a_guessed_one_says_so(tmp_path, capsys):
+    model = tiny(posemb="learned+rope_axial")
+    params = random_params(model)
+    images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
+    want = model.apply({"params": params}, images)
+    checkpoint.export_npz(tmp_path / "with.npz", params, model=model)
+    loaded, loaded_params = vit_jax.pretrained(tmp_path / "with.npz")
+    assert loaded == model and "stores no config" not in capsys.readouterr().out
+    np.testing.assert_array_equal(loaded.apply({"params": loaded_params}, images), want)
+    checkpoint.export_npz(tmp_path / "bare.npz", params)  # shapes only: rope_axial is lost
+    guessed, _ = vit_jax.pretrained(tmp_path / "bare.npz")
+    assert guessed.posemb == "learned"
+    out = capsys.readouterr().out
+    assert "bare.npz stores no config: its model is inferred from the parameter shapes" in out
+    assert "pass e.g. posemb='learned+rope_axial'" in out
+
+
 # --- Flax msgpack ---------------------------------------------------------------------------
 
 

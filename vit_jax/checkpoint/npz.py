@@ -22,6 +22,7 @@ objects is refused before any array is read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -36,6 +37,7 @@ from vit_jax.checkpoint.errors import UnreadableCheckpointError
 from vit_jax.models import paths
 from vit_jax.models.posemb import learned
 from vit_jax.models.scan import unscan_params
+from vit_jax.models.vit import model_fields
 
 # Where the parameters are in a file's tree: at the top; under `params/` (big_vision, Flax's
 # TrainState; `params/img/` for SigLIP); under the optimizer's `target/` (flax.optim); under `0/`
@@ -186,25 +188,37 @@ def _read_config(path: str) -> dict | None:
         return json.loads(str(archive[CONFIG_KEY][()]))
 
 
-def export_npz(path: str | os.PathLike, params: dict, *, config: dict | None = None) -> None:
+def export_npz(
+    path: str | os.PathLike, params: dict, *, model=None, config: dict | None = None
+) -> None:
     """Writes `params` (this package's tree, per-block or scanned) as an official-layout .npz.
 
     Keys are '/'-joined and per-block with pre-Linen names, values numpy arrays (bfloat16 is
-    widened losslessly to float32). `config` (e.g. {"model": {...}}), if given, is stored as
-    JSON under `vit_jax_config` so that `load_params` knows the model's grid. The file is
-    written to a temporary name and renamed, so a reader never sees half a file.
+    widened losslessly to float32). `model` (the VisionTransformer of `params`) is stored as
+    the config's "model" (`models.model_fields`), so that a reader need not infer it from the
+    shapes (where a parameter-free position embedding, e.g. rope_axial, leaves no trace);
+    `config` (e.g. a run's, {"model": {...}, ...}) is stored as it is. Both go, as JSON, under
+    `vit_jax_config`. The file is written to a temporary name and renamed, so a reader never
+    sees half a file.
     """
     path = os.fspath(path)
     paths.require_params(params, "export_npz")
+    if model is not None:
+        config = {**(config or {}), "model": model_fields(model)}
     flat = paths.flatten(unscan_params(params))
     arrays = {k: _as_float32(v) for k, v in flat.items()}
     if config is not None:
         arrays[CONFIG_KEY] = np.asarray(json.dumps(config))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: no half-written file is left
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def _as_float32(x) -> np.ndarray:

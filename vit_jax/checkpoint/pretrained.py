@@ -55,6 +55,19 @@ class Checkpoint:
     channels: int
     class_names: tuple[str, ...] | None
     trained_grid: tuple[int, int] | None = None  # see restore.trained_grid
+    inferred: bool = False  # fields read from the stored shapes alone (no config, no registry)
+
+    def inferred_note(self) -> str | None:
+        """What shapes alone cannot tell, for a checkpoint whose model was inferred from them."""
+        if not self.inferred or self.fields.get("posemb") is None:
+            return None
+        return (
+            f"{self.path} stores no config: its model is inferred from the parameter shapes "
+            f"(posemb={self.fields['posemb']!r}). A parameter-free position embedding used with "
+            "it (sincos*, rope_axial) leaves no trace there: if the model had one, pass e.g. "
+            f"posemb='{self.fields['posemb']}+rope_axial'. export_npz(path, params, model=model) "
+            "stores the model with the file."
+        )
 
     def model(
         self,
@@ -101,7 +114,8 @@ def open_checkpoint(source: str | os.PathLike) -> Checkpoint:
         fields = _inferred_fields(arch, path)
     names = _class_names(config, entry, fields["num_classes"])
     grid = None if arch.posemb_grid is None else tuple(arch.posemb_grid)
-    return Checkpoint(path, meta, fields, arch.channels, names, grid)
+    inferred = entry is None and architecture.stored_model(config) is None
+    return Checkpoint(path, meta, fields, arch.channels, names, grid, inferred)
 
 
 def pretrained(
@@ -123,6 +137,8 @@ def pretrained(
     """
     checkpoint = open_checkpoint(source)
     model = checkpoint.model(num_classes=num_classes, image_size=image_size, **overrides)
+    if verbose and "posemb" not in overrides and (note := checkpoint.inferred_note()):
+        print(f"note: {note}")
     rng = jax.random.key(0) if rng is None else rng
     params, _ = restore_into(checkpoint.path, model, rng, verbose=verbose)
     return model, params

@@ -14,7 +14,14 @@ intermediates.py  attention maps and tokens per layer (`inspect`)
 from vit_jax.models.intermediates import inspect
 from vit_jax.models.posemb import POSEMBS, split_posemb
 from vit_jax.models.scan import scan_params, unscan_params
-from vit_jax.models.vit import CLASSIFIERS, FIELDS, VisionTransformer, build, create
+from vit_jax.models.vit import (
+    CLASSIFIERS,
+    FIELDS,
+    VisionTransformer,
+    build,
+    create,
+    model_fields,
+)
 from vit_jax.models.zoo import SIZES, decode_variant
 
 __all__ = [
@@ -27,6 +34,7 @@ __all__ = [
     "create",
     "decode_variant",
     "inspect",
+    "model_fields",
     "scan_params",
     "split_posemb",
     "unscan_params",

@@ -661,6 +661,20 @@ def create(
     return VisionTransformer(num_classes=num_classes, **fields)
 
 
+def model_fields(model: VisionTransformer) -> dict:
+    """The fields `build` makes `model` from again (what a checkpoint stores as its config's
+    "model"): every field, and a `variant` naming the patch (the zoo name where it is one)."""
+    fields = {
+        f.name: getattr(model, f.name)
+        for f in dataclasses.fields(model)
+        if f.init and f.name not in ("parent", "name")
+    }
+    ph, pw = model.patch_size
+    zoo_name = model.variant.split("/")[0] in zoo.SIZES
+    fields["variant"] = model.variant if zoo_name else f"Ti/{ph}x{pw}"  # sizes given: the patch
+    return fields
+
+
 def build(config) -> VisionTransformer:
     """Builds the model a config describes: a mapping with `variant`, `num_classes`, `image_size`
     and any model field (typically `config.model` of an ml_collections config). Fields set to

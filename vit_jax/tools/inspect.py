@@ -40,7 +40,13 @@ def describe(path: str) -> str:
         [
             f"{meta['path']}: {where} ({layout})",
             f"model: {arch.summary()}",
-            f"config stored: {'yes' if meta.get('config') else 'no'}",
+            "config stored: "
+            + (
+                "yes"
+                if meta.get("config")
+                else "no (the model above is read from the shapes, where a parameter-free "
+                "position embedding, sincos* or rope_axial, leaves no trace)"
+            ),
             f"parameters: {count:,} in {len(flat)} arrays",
             *format_table(tree),
         ]
