@@ -347,6 +347,13 @@ def test_bad_configurations_raise_one_clear_error(overrides, message):
         models.create("Ti/4", num_classes=5, image_size=image_size, **kwargs)
 
 
+def test_create_names_what_it_needs_and_reads_no_timm_name_for_it():
+    with pytest.raises(ValueError, match="img_size is timm's name; here it is image_size="):
+        models.create("B/16", num_classes=10, img_size=224)  # not "missing image_size"
+    with pytest.raises(TypeError, match=r"create\(\) needs num_classes= and image_size=: e\.g\."):
+        models.create("B/16")
+
+
 def test_dtypes_may_be_given_as_jax_or_numpy_dtypes():
     """jnp.bfloat16 as Flax users write it, np.dtype objects and names: the same model."""
     for given in (jnp.bfloat16, jnp.dtype("bfloat16"), "bfloat16"):

@@ -635,11 +635,13 @@ def as_pair(value: int | tuple[int, int] | list[int], field: str) -> tuple[int, 
 def create(
     variant: str,
     *,
-    num_classes: int,
-    image_size: int | tuple[int, int],
+    num_classes: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     **overrides,
 ) -> VisionTransformer:
     """Builds a ViT from a zoo string: `create("B/16", num_classes=1000, image_size=224)`.
+    num_classes and image_size are required (they default to None only so that a timm name
+    given instead, img_size=, gets its own message).
 
     `overrides` set any VisionTransformer field (posemb=, classifier=, patch_embed=, dtype=,
     scan=, num_layers=, ...); the defaults give the official ViT, whose checkpoints map one to one.
@@ -654,6 +656,13 @@ def create(
         )
     if unknown:
         raise unknown_field(f"model.{unknown[0]}", FIELDS)
+    given = {"num_classes": num_classes, "image_size": image_size}
+    missing = [name for name, value in given.items() if value is None]
+    if missing:
+        raise TypeError(
+            f"create() needs {' and '.join(f'{m}=' for m in missing)}: e.g. "
+            f"create({variant!r}, num_classes=1000, image_size=224)."
+        )
     fields = decode_variant(variant)
     fields.update(overrides)
     fields["image_size"] = as_pair(image_size, "image_size")
