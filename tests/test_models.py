@@ -350,7 +350,7 @@ def test_bad_configurations_raise_one_clear_error(overrides, message):
 def test_create_names_what_it_needs_and_reads_no_timm_name_for_it():
     with pytest.raises(ValueError, match="img_size is timm's name; here it is image_size="):
         models.create("B/16", num_classes=10, img_size=224)  # not "missing image_size"
-    with pytest.raises(TypeError, match=r"create\(\) needs num_classes= and image_size=: e\.g\."):
+    with pytest.raises(ValueError, match=r"create\(\) needs num_classes= and image_size=: e\.g\."):
         models.create("B/16")
 
 

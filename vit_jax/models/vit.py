@@ -659,7 +659,7 @@ def create(
     given = {"num_classes": num_classes, "image_size": image_size}
     missing = [name for name, value in given.items() if value is None]
     if missing:
-        raise TypeError(
+        raise ValueError(
             f"create() needs {' and '.join(f'{m}=' for m in missing)}: e.g. "
             f"create({variant!r}, num_classes=1000, image_size=224)."
         )
