@@ -197,11 +197,16 @@ def _peak_flops(device: jax.Device) -> Peak:
     return Peak(measured_matmul_flops(), "measured float32 2048x2048 matmul")
 
 
+def peak_holder() -> str:
+    """What one peak belongs to: a "device", but on CPUs a "process": simulated CPU devices
+    (JAX_NUM_CPU_DEVICES) share one processor, whose measured peak is already the whole
+    machine's."""
+    return "process" if jax.devices()[0].platform == "cpu" else "device"
+
+
 def peak_holders() -> int:
-    """How many peaks the step's FLOPs are shared by: the devices, but on CPUs the processes:
-    simulated CPU devices (JAX_NUM_CPU_DEVICES) share one processor, whose measured peak is
-    already the whole machine's."""
-    return jax.process_count() if jax.devices()[0].platform == "cpu" else jax.device_count()
+    """How many peaks the step's FLOPs are shared by (`peak_holder`)."""
+    return jax.process_count() if peak_holder() == "process" else jax.device_count()
 
 
 def mfu(flops_per_second_per_device: float, peak_flops: float) -> float:

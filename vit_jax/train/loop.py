@@ -478,10 +478,9 @@ class Throughput:
         return cls(flops, cost.peak_holders(), cost.peak_flops())
 
     def describe(self) -> str:
-        holder = "process" if jax.devices()[0].platform == "cpu" else "device"  # peak_holders
         return (
             f"{self.flops_per_image / 1e9:,.2f} GFLOPs per training image; MFU against the "
-            f"{self.peak.source} ({self.peak.flops / 1e12:,.3f} TFLOP/s per {holder})"
+            f"{self.peak.source} ({self.peak.flops / 1e12:,.3f} TFLOP/s per {cost.peak_holder()})"
         )
 
     def fields(self, img_per_sec: float | None) -> dict[str, float]:
