@@ -447,3 +447,43 @@ def test_simulated_cpu_devices_share_the_one_measured_peak():
     peak once, however many devices JAX_NUM_CPU_DEVICES simulates on it."""
     assert jax.device_count() == 8 and jax.devices()[0].platform == "cpu"
     assert cost.peak_holders() == jax.process_count() == 1
+
+
+def test_profiler_window_is_clipped_to_the_run_and_says_when_it_is_not_whole(tmp_path):
+    from vit_jax.train.profiling import StepProfiler
+
+    # Inside the run: traced steps 3-4, nothing to say up front.
+    whole = StepProfiler(str(tmp_path / "a"), 2, 2, total_steps=10)
+    assert whole.plan(0) is None
+    for done in range(2):
+        whole.before(done)
+    assert not whole.active
+    whole.before(2)
+    assert whole.active and whole.after(3, None) is None
+    written = whole.after(4, None)
+    assert written == f"profiler trace of steps 3-4 written to {tmp_path / 'a' / 'profile'}"
+    assert not whole.active and whole.close() is None
+    # The run ends inside the window: said up front, and the trace ends with the run.
+    clipped = StepProfiler(str(tmp_path / "b"), 4, 5, total_steps=6)
+    assert clipped.plan(0) == (
+        "profile_start_step=4 (steps 5-9): the run ends at step 6; the trace stops there."
+    )
+    clipped.before(4)
+    assert clipped.after(5, None) is None and clipped.after(6, None).startswith(
+        "profiler trace of steps 5-6 written"
+    )
+    # Out of reach: past the end, or behind a resume; nothing is started.
+    assert (
+        StepProfiler("w", 6, 5, total_steps=6)
+        .plan(0)
+        .endswith("the run ends at step 6, so no profiler trace is written.")
+    )
+    behind = StepProfiler("w", 3, 5, total_steps=60)
+    assert "this run resumes after step 5" in behind.plan(5)
+    behind.before(5)
+    assert not behind.active and StepProfiler("w", 0, 5, total_steps=6).plan(0) is None
+    # A run stopped inside the window: the partial trace is written and said to be partial.
+    stopped = StepProfiler(str(tmp_path / "c"), 1, 5, total_steps=60)
+    stopped.before(1)
+    stopped.after(2, None)
+    assert stopped.close().endswith("profile, cut short: the run stopped after 2")

@@ -421,7 +421,11 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
     speed = Throughput.of(run)
     reporter.message(speed.describe())
     pending = PendingMetrics(par.metric, start_step, train.batch_size)
-    profiler = StepProfiler(run.workdir, train.profile_start_step, train.profile_num_steps)
+    profiler = StepProfiler(
+        run.workdir, train.profile_start_step, train.profile_num_steps, train.total_steps
+    )
+    if profile_note := profiler.plan(start_step):
+        reporter.message(profile_note)
     train_start, compiling = time.perf_counter(), 0.0
     try:
         for step in range(start_step, train.total_steps):
@@ -458,7 +462,8 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
                     run.manager.wait_until_finished()
                 return state, eval_step, (time.perf_counter() - train_start, compiling), done
     finally:
-        profiler.close()
+        if profile_note := profiler.close():
+            reporter.message(profile_note)
     return state, eval_step, (time.perf_counter() - train_start, compiling), 0
 
 
