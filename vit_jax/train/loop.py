@@ -30,6 +30,7 @@ from vit_jax.models import VisionTransformer, paths
 from vit_jax.models.posemb import param_rule
 from vit_jax.train import cost, optim, parallel, provenance, stopping
 from vit_jax.train.config import Settings, validate, with_dataset
+from vit_jax.train.folders import writable_folder
 from vit_jax.train.parallel import to_host
 from vit_jax.train.profiling import StepProfiler
 from vit_jax.train.reporting import PendingMetrics, Reporter, format_duration
@@ -45,19 +46,13 @@ def prepare_workdir(workdir: str) -> str:
             f"workdir={workdir!r} is a URL; metrics and config files are written with local file "
             "I/O: use a local or mounted path (e.g. a bucket mounted with gcsfuse, or NFS)."
         )
-    workdir = os.path.abspath(os.path.expanduser(workdir))
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        return writable_folder(workdir)
     except OSError as e:
         raise ValueError(
-            f"workdir={workdir!r} cannot be written ({e.strerror}): pass a --workdir you can "
-            "write to."
+            f"workdir={workdir!r} cannot be written ({e.strerror or e}): pass a --workdir you "
+            "can write to."
         ) from None
-    return workdir
 
 
 def evaluate(
@@ -328,8 +323,8 @@ def set_up(config, workdir: str, dataset: data.Dataset | None = None) -> Run:
             "the dataset given to train_and_evaluate was opened with other data options than "
             "config.data: open it with data.open_dataset(validate(config).data)."
         )
-    workdir = prepare_workdir(workdir)
     parallel.use_compilation_cache(settings.train.compilation_cache_dir)
+    workdir = prepare_workdir(workdir)
     if dataset is None:
         dataset = data.open_dataset(settings.data)  # opened once: every loader and eval uses it
     settings = with_dataset(settings, dataset.info)

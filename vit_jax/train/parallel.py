@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from vit_jax.train import sharding
+from vit_jax.train.folders import writable_folder
 from vit_jax.train.sharding import MeshOptions, ShardingOptions
 
 STRATEGIES = ("jit", "pmap")  # the keys of `make`
@@ -173,15 +174,21 @@ class PmapParallel:
 def use_compilation_cache(directory: str) -> str | None:
     """Turns on JAX's persistent compilation cache in `directory` ("~" expanded; "" leaves it
     off), unless the JAX_COMPILATION_CACHE_DIR environment variable already chose one. Returns
-    the directory in use, or None. Compiled programs are keyed by their HLO, compiler and
-    devices, so a rerun, a resume or another run of the same model skips compilation."""
+    the directory in use, or None; raises ValueError if it cannot be written. Compiled programs
+    are keyed by their HLO, compiler and devices, so a rerun or a resume of the same model with
+    the same schedule and batch skips compilation (the schedule's constants are in the HLO)."""
     chosen = os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir
     if chosen:
         return chosen
     if not directory:
         return None
-    directory = os.path.abspath(os.path.expanduser(directory))
-    os.makedirs(directory, exist_ok=True)
+    try:
+        directory = writable_folder(directory)
+    except OSError as e:
+        raise ValueError(
+            f"compilation_cache_dir={directory!r} cannot be written ({e.strerror or e}): name a "
+            "folder you can write to, or '' to turn the cache off."
+        ) from None
     jax.config.update("jax_compilation_cache_dir", directory)
     return directory
 
