@@ -135,6 +135,11 @@ def test_cli_prints_a_table_and_refuses_user_errors_in_one_line(capsys):
         assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert memory_tool.main(["--no-compile"]) == 2
     assert capsys.readouterr().err.startswith("error: --config")
+    for flag in ("--help", "-h"):  # the usage and every flag, status 0 (absl's own: 1)
+        assert memory_tool.main([flag]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("Memory per device of a training config")
+        assert all(f"  --{name}:" in out for name in ("config", "devices", "[no]json"))
 
 
 def test_the_plan_reads_the_image_channels_from_the_data_config(tmp_path):

@@ -50,7 +50,6 @@ flags.DEFINE_bool(
 )
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
-HELP = {"-h", "-?", "--help", "--helpshort"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,12 +62,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     """Parses the flags of `argv` other than the --config.FIELD=VALUE overrides; returns
     [program, *overrides] (FIELD, VALUE pairs) for `train`. A mistake ends the process with one
     `error: ...` line and the user-error status."""
-    from vit_jax.train.command_line import split_overrides
+    from vit_jax.train.command_line import HELP, split_overrides
     from vit_jax.train.stopping import user_error
 
     try:
         rest, overrides = split_overrides(argv)
-        if HELP.intersection(rest):  # absl's own --help exits with status 1
+        if HELP.intersection(rest):
             own = FLAGS.module_help(sys.modules[__name__]).strip().split("\n", 1)[1]
             print(__doc__.rstrip(), "Flags:", own, sep="\n\n")
             sys.exit(0)

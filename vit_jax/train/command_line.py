@@ -30,6 +30,7 @@ from vit_jax.options import did_you_mean, from_text, unknown_field
 from vit_jax.train.config import SIZE_FIELDS, config_from_file, timm_to_ours
 
 PREFIX = "--config."
+HELP = {"-h", "-?", "--help", "--helpshort"}  # absl's own --help exits with status 1
 _TYPES = (bool, int, float, str, tuple)
 
 
