@@ -41,6 +41,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -49,8 +50,9 @@ import jax
 import numpy as np
 
 from vit_jax.models import zoo
-from vit_jax.train import cost, optim, parallel
+from vit_jax.train import command_line, cost, optim, parallel
 from vit_jax.train.config import base_config, model_config
+from vit_jax.train.folders import writable_folder
 from vit_jax.train.state import create_state, init_params
 from vit_jax.train.step import make_eval_step, make_train_step
 
@@ -61,7 +63,7 @@ TIMM_SIZES = {"Ti": "tiny", "S": "small", "B": "base", "L": "large", "H": "huge"
 
 
 def parse_value(text: str):
-    """'3' -> 3, '0.5' -> 0.5, 'True' -> True, 'none' -> 'none', else the string."""
+    """An XLA option's value: '3' -> 3, '0.5' -> 0.5, 'True' -> True, else the string."""
     for cast in (int, float):
         try:
             return cast(text)
@@ -70,26 +72,31 @@ def parse_value(text: str):
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
-def parse_overrides(spec: str) -> dict:
-    """'dtype=bfloat16,scan=True' -> {"dtype": "bfloat16", "scan": True}. An XLA option's value
-    may itself be a list: 'xla.F=A,B,dtype=bfloat16' -> {"xla.F": "A,B", "dtype": "bfloat16"}."""
-    overrides = {}
+def parse_overrides(spec: str) -> dict[str, str]:
+    """'dtype=bfloat16,scan=True' -> {"dtype": "bfloat16", "scan": "True"}: the values stay
+    text, read as their field's type when applied (`make_config`, as vit-train reads
+    --config.FIELD=VALUE). Commas inside brackets belong to the value ('posemb_grid=(7, 7)');
+    an XLA option's value may itself be a list: 'xla.F=A,B,dtype=bfloat16' -> {"xla.F": "A,B",
+    "dtype": "bfloat16"}."""
+    overrides: dict[str, str] = {}
     key = None
-    for item in filter(None, spec.split(",")):
+    for item in filter(None, re.split(r",(?![^()\[\]]*[)\]])", spec)):
         name, sep, value = item.partition("=")
         if not sep and key is not None and key.startswith("xla."):
             overrides[key] = f"{overrides[key]},{item.strip()}"  # the XLA list goes on
             continue
         if not sep:
-            raise SystemExit(f"error: {item!r} is not FIELD=VALUE")
+            raise ValueError(f"{item!r} in {spec!r} is not FIELD=VALUE")
         key = name.strip()
-        overrides[key] = parse_value(value.strip())
+        overrides[key] = value.strip()
     return overrides
 
 
 def make_config(model: str, image_size: int, batch: int, overrides: dict):
     """A training config (AdamW, 1000 classes) with `overrides` applied to the model, the
-    training fields or the mesh."""
+    training fields or the mesh, each value read as its field's type (text or a value).
+    Raises ValueError for an unknown field, a value of the wrong type, or an image size, which
+    --image-size and --sweep set."""
     config = base_config()
     config.model = model_config(model, image_size, num_classes=1000)
     config.batch_size = config.eval_batch_size = batch
@@ -97,12 +104,13 @@ def make_config(model: str, image_size: int, batch: int, overrides: dict):
     for key, value in overrides.items():
         if key.startswith("xla."):
             continue  # compiler options, see xla_options
-        if key.startswith("mesh."):
-            config.mesh[key[5:]] = value
-        elif key in TRAIN_FIELDS:
-            config[key] = value
-        else:
-            config.model[key] = value
+        field = key if key.startswith("mesh.") or key in TRAIN_FIELDS else f"model.{key}"
+        command_line.override(config, field, str(value))
+    if tuple(config.model.image_size) != (image_size, image_size):
+        raise ValueError(
+            f"{', '.join(overrides)}: the image size is set by --image-size (or --sweep), the "
+            "same for every contender."
+        )
     return config
 
 
@@ -130,7 +138,7 @@ def random_batch(batch: int, image_size: int, seed: int = 0) -> dict:
 def xla_options(overrides: dict) -> dict:
     """The `xla.FLAG=VALUE` overrides as XLA compiler options for this contender's step alone:
     `xla.xla_cpu_experimental_ynn_fusion_type=` -> {"xla_cpu_experimental_ynn_fusion_type": ""}."""
-    options = {k[4:]: v for k, v in overrides.items() if k.startswith("xla.")}
+    options = {k[4:]: parse_value(str(v)) for k, v in overrides.items() if k.startswith("xla.")}
     if options:  # an unknown flag or a bad value: one line now, not a traceback after building
         try:
             jax.jit(lambda x: x + 1).lower(np.float32(0)).compile(compiler_options=options)
@@ -191,29 +199,39 @@ def ours(
         "dtype": str(config.model.dtype),
     }
     if xla_check:
-        info.update(xla_check_flops(model, tx, schedule, train.batch_size, image_size))
+        info.update(
+            xla_check_flops(model, tx, schedule, train.batch_size, image_size, compiler_options)
+        )
     infer = None
     if inference:
-        eval_step = par.compile_eval(make_eval_step(model, axis_name=par.axis_name))
         eval_batch = par.put_batch(
             {
                 **random_batch(train.batch_size, image_size),
                 "mask": np.ones(train.batch_size, np.float32),
             }
         )
+        eval_step = (  # with the contender's XLA options, as its train step
+            par.compile_eval(make_eval_step(model, axis_name=par.axis_name))
+            .lower(holder["state"]["params"], eval_batch)
+            .compile(compiler_options=compiler_options or None)
+        )
         infer = lambda: jax.block_until_ready(eval_step(holder["state"]["params"], eval_batch))
         infer()
     return Contender(name, step, train.batch_size, info, infer)
 
 
-def xla_check_flops(model, tx, schedule, batch: int, image_size: int) -> dict:
+def xla_check_flops(
+    model, tx, schedule, batch: int, image_size: int, compiler_options: dict | None = None
+) -> dict:
     """XLA's FLOP count of the same step unrolled (scan=False, no accumulation loop) on one
     device, next to the analytic count: {"xla_flops_per_step", "analytic_over_xla"}."""
     unrolled = model.clone(scan=False)
     step = make_train_step(unrolled, tx, schedule)
     abstract = cost.abstract_train_state(unrolled, tx)
     compiled = (
-        jax.jit(step).lower(abstract, cost.abstract_batch(batch, (image_size,) * 2)).compile()
+        jax.jit(step)
+        .lower(abstract, cost.abstract_batch(batch, (image_size,) * 2))
+        .compile(compiler_options=compiler_options or None)
     )
     flops = cost.xla_flops(compiled)
     analytic = cost.train_flops(unrolled, batch)
@@ -329,9 +347,15 @@ def report(c: Contender, matmul_peak: float, published: float | None, base: Cont
         "step_seconds_min": float(np.min(c.times)),
         "rounds": len(c.times),
         "step_seconds_by_round": [float(t) for t in c.times],
-        # Paired: each round's ratio to the first contender in that round, then the median, so
-        # that a round in which the machine was slow for everyone does not tilt the ratio.
-        "speed_vs_first": float(np.median(np.asarray(base.times) / np.asarray(c.times))),
+        # Paired: each round's ratio of img/s to the first contender's in that round, then the
+        # median, so that a round in which the machine was slow for everyone does not tilt it.
+        "speed_vs_first": float(
+            np.median(
+                (c.images_per_step / np.asarray(c.times))
+                / (base.images_per_step / np.asarray(base.times))
+            )
+        ),
+        "batch": c.images_per_step,
         **c.info,
         "matmul_peak_flops": matmul_peak,
     }
@@ -346,17 +370,17 @@ def report(c: Contender, matmul_peak: float, published: float | None, base: Cont
     return record
 
 
-def add_timm_ratios(records: list[dict], flops_per_step: int) -> None:
-    """timm runs the same architecture: gives its records the same model FLOPs (and MFU), and
-    each of ours `speed_vs_timm`, its speed over timm's at the same dtype."""
+def add_timm_ratios(records: list[dict], flops_per_image: float) -> None:
+    """timm runs the same architecture: gives its records the same model FLOPs per image (and
+    MFU), and each of ours `speed_vs_timm`, its img/s over timm's at the same dtype."""
     timm = {r["name"]: r for r in records if "timm_model" in r}
     for r in records:
         if "timm_model" in r:
-            r["model_flops_per_step"] = flops_per_step
+            r["model_flops_per_step"] = flops_per_step = flops_per_image * r["batch"]
             per_device = flops_per_step / r["step_seconds"] / cost.peak_holders()
             r["mfu_vs_matmul_peak"] = cost.mfu(per_device, r["matmul_peak_flops"])
         elif f"timm ({r['dtype']})" in timm:
-            r["speed_vs_timm"] = timm[f"timm ({r['dtype']})"]["step_seconds"] / r["step_seconds"]
+            r["speed_vs_timm"] = r["img_per_sec"] / timm[f"timm ({r['dtype']})"]["img_per_sec"]
 
 
 def format_table(records: list[dict]) -> str:
@@ -386,28 +410,45 @@ def format_table(records: list[dict]) -> str:
     )
 
 
-def run(args, image_size: int) -> list[dict]:
-    """Builds, times and reports every contender at `image_size`."""
-    specs = args.compare or [""]
+@dataclasses.dataclass
+class Planned:
+    """One contender of ours, checked but not yet built: its name, overrides and config."""
+
+    name: str
+    overrides: dict
+    config: object
+    compiler_options: dict
+
+
+def plan(args, image_size: int) -> list[Planned]:
+    """Every contender at `image_size`, each config checked (`cost.check_config`) and each XLA
+    option tried, so that a mistake in any of them is one message before anything compiles."""
     base = parse_overrides(args.set or "")
-    contenders = []
-    for spec in specs:
+    planned = []
+    for spec in args.compare or [""]:
         overrides = {**base, **parse_overrides(spec)}
-        name = spec or "vit_jax"
         config = make_config(args.model, image_size, args.batch, overrides)
-        options = xla_options(overrides)
-        print(f"compiling {name} at {image_size} px ...", file=sys.stderr, flush=True)
+        cost.check_config(config, jax.device_count())
+        planned.append(Planned(spec or "vit_jax", overrides, config, xla_options(overrides)))
+    return planned
+
+
+def run(args, image_size: int, planned: list[Planned]) -> list[dict]:
+    """Builds, times and reports the `planned` contenders (and timm's) at `image_size`."""
+    contenders = []
+    for p in planned:
+        print(f"compiling {p.name} at {image_size} px ...", file=sys.stderr, flush=True)
         contenders.append(
             ours(
-                name,
-                config,
+                p.name,
+                p.config,
                 image_size,
                 inference=args.inference,
                 xla_check=args.xla_check,
-                compiler_options=options,
+                compiler_options=p.compiler_options,
             )
         )
-        dtype = str(overrides.get("dtype", "float32"))
+        dtype = str(p.config.model.dtype)
         if args.timm and not any(c.name == f"timm ({dtype})" for c in contenders):
             contenders.append(
                 timm_contender(
@@ -423,11 +464,11 @@ def run(args, image_size: int) -> list[dict]:
     device = jax.devices()[0]
     published = cost.published_peak_flops(device.device_kind) if device.platform != "cpu" else None
     records = [report(c, max(peaks), published, contenders[0]) for c in contenders]
-    add_timm_ratios(records, contenders[0].info["model_flops_per_step"])
+    first = contenders[0]
+    add_timm_ratios(records, first.info["model_flops_per_step"] / first.images_per_step)
     for r in records:
         r.update(
             image_size=image_size,
-            batch=args.batch,
             model=args.model,
             device=device.device_kind,
             devices=jax.device_count(),
@@ -479,18 +520,47 @@ def plot_sweep(records: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+def at_least_one(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def output_folders(args) -> None:
+    """Makes and checks the folders that --json, --plot (with --sweep) and --loader write into,
+    before anything is timed; raises ValueError naming the flag."""
+    for flag, folder in (
+        ("--json", args.json and os.path.dirname(os.path.abspath(args.json))),
+        ("--plot", args.sweep and os.path.dirname(os.path.abspath(args.plot))),
+        ("--loader", args.loader),
+    ):
+        if folder:
+            try:
+                writable_folder(folder)
+            except OSError as e:
+                error = e.strerror or e
+                raise ValueError(f"{flag}: {folder} cannot be written ({error})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="S/16", help="zoo variant, e.g. S/16, B/16, Ti/16")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=32, help="global batch")
+    parser.add_argument("--image-size", type=at_least_one, default=224)
+    parser.add_argument("--batch", type=at_least_one, default=32, help="global batch")
     parser.add_argument("--set", default="", help="overrides for every contender: F=V,F=V")
     parser.add_argument("--compare", nargs="*", help="one override list per contender")
     parser.add_argument("--timm", action="store_true", help="time timm alongside (timm extra)")
     parser.add_argument("--inference", action="store_true", help="also time the eval forward")
     parser.add_argument("--xla-check", action="store_true", help="XLA's FLOPs of the step")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=3, help="steps per contender per round")
+    parser.add_argument("--rounds", type=at_least_one, default=3)
+    parser.add_argument(
+        "--steps", type=at_least_one, default=3, help="steps per contender per round"
+    )
     parser.add_argument("--sweep", default="", help="image sizes, e.g. 64,128,192,256")
     parser.add_argument("--json", default=os.path.join(RESULTS, "train_step.jsonl"))
     parser.add_argument("--plot", default=os.path.join(RESULTS, "train_step_tokens.png"))
@@ -501,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.timm_worker:
         return timm_worker(args.timm_worker)
-    try:  # clear errors for what can be checked before compiling anything
+    try:  # every mistake that can be found before compiling anything: one line, status 2
         zoo.decode_variant(args.model)
         if args.timm and importlib.util.find_spec("timm") is None:
             raise ValueError("--timm needs timm and torch: pip install -e '.[timm]'")
@@ -509,14 +579,16 @@ def main(argv: list[str] | None = None) -> int:
             sizes = [int(s) for s in args.sweep.split(",")] if args.sweep else [args.image_size]
         except ValueError:
             raise ValueError(f"--sweep {args.sweep}: give image sizes, e.g. 64,128") from None
+        planned = {size: plan(args, size) for size in sizes}
+        output_folders(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     records = []
     for size in sizes:
         try:
-            records += run(args, size)
-        except ValueError as e:  # a field or value the config checks refuse
+            records += run(args, size, planned[size])
+        except ValueError as e:  # what only building a contender finds (e.g. its shardings)
             print(f"error: {e}", file=sys.stderr)
             return 2
         if args.loader:
@@ -527,7 +599,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"loader: {rate:,.0f} img/s at {size} px", flush=True)
         print(format_table([r for r in records if r["image_size"] == size]), flush=True)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "a") as f:
             for r in records:
                 f.write(json.dumps(r) + "\n")

@@ -227,6 +227,17 @@ def test_compilation_cache_is_used_unless_the_environment_chose_one(tmp_path):
     assert out.stdout.strip() == str(tmp_path / "chosen")
     assert os.listdir(tmp_path / "chosen")
     assert sorted(os.listdir(tmp_path / "cache")) == written  # untouched by the second run
+    # A place that cannot be a cache folder: one line naming the field and the way out.
+    (tmp_path / "a_file").write_text("")
+    del env["JAX_COMPILATION_CACHE_DIR"]
+    out = subprocess.run(
+        [sys.executable, "-c", code.replace(str(tmp_path / "cache"), str(tmp_path / "a_file"))],
+        env=env, capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
+        f"ValueError: compilation_cache_dir={str(tmp_path / 'a_file')!r} cannot be written "
+        "(File exists): name a folder you can write to, or '' to turn the cache off."
+    )
 
 
 def test_benchmark_script_times_contenders_and_plots_a_sweep(tmp_path, digits_dir):
@@ -362,6 +373,24 @@ def test_benchmark_speed_ratio_pairs_the_contenders_round_by_round():
     record = bench.report(third, 1e12, None, first)
     assert record["speed_vs_first"] == 0.5 and record["step_seconds"] == 4.0
     assert record["step_seconds_by_round"] == [0.5, 6.0, 4.0]
+    # A contender of another batch is compared by img/s, and its record says its batch.
+    bigger = bench.Contender("batch_size=16", None, 16, info, times=[2.0, 6.0, 2.0])
+    record = bench.report(bigger, 1e12, None, first)
+    assert record["speed_vs_first"] == 1.0 and record["batch"] == 16
+
+
+def test_benchmark_reads_values_as_their_fields_types():
+    bench = _benchmark_module()
+    overrides = bench.parse_overrides("representation_size=None,posemb=none,batch_size=4")
+    config = bench.make_config("Ti/16", 32, 2, {**overrides, "mesh.data": "1"})
+    assert config.model.representation_size is None and config.model.posemb == "none"
+    assert config.batch_size == 4 and config.mesh.data == 1
+    assert bench.parse_overrides("posemb_grid=(2, 2),dtype=float32") == {
+        "posemb_grid": "(2, 2)",
+        "dtype": "float32",
+    }
+    with pytest.raises(ValueError, match="model.scan='maybe' is not of type bool"):
+        bench.make_config("Ti/16", 32, 2, {"scan": "maybe"})
 
 
 def test_benchmark_passes_xla_options_to_one_contender_and_refuses_unknown_ones():
@@ -386,7 +415,7 @@ def test_benchmark_passes_xla_options_to_one_contender_and_refuses_unknown_ones(
         "dtype": "float32",
     }
     assert bench.xla_options(listed)  # XLA takes the list
-    with pytest.raises(SystemExit, match="'bfloat16' is not FIELD=VALUE"):
+    with pytest.raises(ValueError, match="'bfloat16' in 'dtype=float32,bfloat16' is not FIELD="):
         bench.parse_overrides("dtype=float32,bfloat16")
     with pytest.raises(ValueError, match="xla_no_such_flag"):
         bench.xla_options({"xla.xla_no_such_flag": 1})
@@ -407,6 +436,7 @@ def test_benchmark_passes_xla_options_to_one_contender_and_refuses_unknown_ones(
     ],
 )
 def test_benchmark_mistakes_are_one_line_before_anything_compiles(flags, message):
+    """In a fresh process: what a user sees at the command line."""
     if flags == ["--timm"] and importlib.util.find_spec("timm") is not None:
         pytest.skip("timm is installed: --timm is no mistake here")
     out = subprocess.run(
@@ -415,6 +445,36 @@ def test_benchmark_mistakes_are_one_line_before_anything_compiles(flags, message
     )  # fmt: skip
     assert out.returncode == 2 and out.stderr.strip() == f"error: {out.stderr.strip()[7:]}"
     assert message in out.stderr and "compiling" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--compare", "dtype=float32", "dtpye=bfloat16"], "model.dtpye"),  # not the first
+        (["--sweep", "32,40"], "(40, 40)"),  # nor the first size
+        (["--compare", "image_size=64"], "the image size is set by --image-size"),
+        (["--compare", "dtype"], "'dtype' in 'dtype' is not FIELD=VALUE"),
+        (["--json", "/proc/nope/r.jsonl"], "--json: /proc/nope cannot be written"),
+        (["--sweep", "32", "--plot", "/proc/nope/p.png"], "--plot: /proc/nope cannot be written"),
+        (["--loader", "/proc/nope"], "--loader: /proc/nope cannot be written"),
+    ],
+)
+def test_benchmark_checks_every_contender_size_and_output_before_compiling(flags, message, capsys):
+    bench = _benchmark_module()
+    argv = ["--model", "Ti/16", "--image-size", "32", "--batch", "8", "--json", "", *flags]
+    assert bench.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err and "compiling" not in err
+
+
+def test_benchmark_refuses_zero_rounds_or_steps(capsys):
+    bench = _benchmark_module()
+    for flag in ("--rounds", "--steps", "--batch"):
+        with pytest.raises(SystemExit) as exit_:
+            bench.main([flag, "0"])
+        assert exit_.value.code == 2
+        assert f"argument {flag}: '0' is not a whole number >= 1" in capsys.readouterr().err
 
 
 def test_bfloat16_rope_mixed_gradients_stay_close_to_float32():
