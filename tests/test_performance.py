@@ -61,6 +61,27 @@ def test_fast_attention_gives_the_reference_logits_and_gradients(posemb, classif
         chex.assert_trees_all_close(got_grads, want_grads, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.skipif(
+    jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU (none here)"
+)
+def test_cudnn_attention_gives_the_reference_logits_and_gradients_on_a_gpu():
+    """cuDNN's flash attention takes 16-bit inputs: bf16 against the bf16 reference path, at
+    bf16's tolerance; `auto` picks the library path there (and gives the same)."""
+    reference = small_model(dtype="bfloat16", attention_impl="reference")
+    params = random_params(reference)
+    x = images()
+    loss = lambda model: jax.value_and_grad(lambda p: jnp.sum(model.apply({"params": p}, x) ** 2))(
+        params
+    )
+    want_logits, (want_loss, want_grads) = reference.apply({"params": params}, x), loss(reference)
+    for impl in ("cudnn", "auto"):
+        model = reference.clone(attention_impl=impl)
+        np.testing.assert_allclose(model.apply({"params": params}, x), want_logits, atol=2e-2)
+        got_loss, got_grads = loss(model)
+        np.testing.assert_allclose(got_loss, want_loss, rtol=2e-2)
+        chex.assert_trees_all_close(got_grads, want_grads, atol=5e-2, rtol=5e-2)
+
+
 def test_the_fused_softmax_has_jax_softmax_values_and_derivatives():
     x = 20 * jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5, 7))  # large: max subtracted
     w = jax.random.normal(jax.random.PRNGKey(1), x.shape)
