@@ -41,7 +41,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -57,7 +56,6 @@ from vit_jax.train.state import create_state, init_params
 from vit_jax.train.step import make_eval_step, make_train_step
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-TRAIN_FIELDS = ("parallel", "grad_accum_steps", "batch_size")
 SETTLE_SECONDS = 1.0
 TIMM_SIZES = {"Ti": "tiny", "S": "small", "B": "base", "L": "large", "H": "huge"}
 
@@ -72,6 +70,18 @@ def parse_value(text: str):
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
+def split_outside_brackets(text: str) -> list[str]:
+    """'a=(1, (2, 3)),b=[4,5],c' -> ['a=(1, (2, 3))', 'b=[4,5]', 'c']: splits at the commas
+    that no bracket encloses."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char in "([{") - (char in ")]}")
+        if char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    return [*items, text[start:]]
+
+
 def parse_overrides(spec: str) -> dict[str, str]:
     """'dtype=bfloat16,scan=True' -> {"dtype": "bfloat16", "scan": "True"}: the values stay
     text, read as their field's type when applied (`make_config`, as vit-train reads
@@ -80,7 +90,7 @@ def parse_overrides(spec: str) -> dict[str, str]:
     "dtype": "bfloat16"}."""
     overrides: dict[str, str] = {}
     key = None
-    for item in filter(None, re.split(r",(?![^()\[\]]*[)\]])", spec)):
+    for item in filter(None, split_outside_brackets(spec)):
         name, sep, value = item.partition("=")
         if not sep and key is not None and key.startswith("xla."):
             overrides[key] = f"{overrides[key]},{item.strip()}"  # the XLA list goes on
@@ -104,14 +114,26 @@ def make_config(model: str, image_size: int, batch: int, overrides: dict):
     for key, value in overrides.items():
         if key.startswith("xla."):
             continue  # compiler options, see xla_options
-        field = key if key.startswith("mesh.") or key in TRAIN_FIELDS else f"model.{key}"
+        field = config_field(config, key)
         command_line.override(config, field, str(value))
-    if tuple(config.model.image_size) != (image_size, image_size):
-        raise ValueError(
-            f"{', '.join(overrides)}: the image size is set by --image-size (or --sweep), the "
-            "same for every contender."
-        )
+        if tuple(config.model.image_size) != (image_size, image_size):
+            raise ValueError(
+                f"{key}={value}: the image size is set by --image-size (or --sweep), the same "
+                "for every contender."
+            )
     return config
+
+
+def config_field(config, key: str) -> str:
+    """The dotted config field of a contender's key: a section's field as written
+    ('mesh.fsdp', 'optimizer.learning_rate', 'model.dtype'), a top-level training field as
+    is ('batch_size', 'total_steps'), anything else a model field ('dtype' -> 'model.dtype')."""
+    section = key.split(".")[0]
+    if "." in key and section in config:
+        return key
+    if key in config and key != "model":
+        return key
+    return f"model.{key}"
 
 
 @dataclasses.dataclass
@@ -211,7 +233,7 @@ def ours(
             }
         )
         eval_step = (  # with the contender's XLA options, as its train step
-            par.compile_eval(make_eval_step(model, axis_name=par.axis_name))
+            par.compile_eval(make_eval_step(model, axis_name=par.axis_name), shardings["params"])
             .lower(holder["state"]["params"], eval_batch)
             .compile(compiler_options=compiler_options or None)
         )
@@ -540,11 +562,7 @@ def output_folders(args) -> None:
         ("--loader", args.loader),
     ):
         if folder:
-            try:
-                writable_folder(folder)
-            except OSError as e:
-                error = e.strerror or e
-                raise ValueError(f"{flag}: {folder} cannot be written ({error})") from None
+            writable_folder(folder, flag, f"give {flag} a place you can write to")
 
 
 def main(argv: list[str] | None = None) -> int:

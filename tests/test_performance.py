@@ -74,6 +74,7 @@ def test_cudnn_attention_gives_the_reference_logits_and_gradients_on_a_gpu():
         params
     )
     want_logits, (want_loss, want_grads) = reference.apply({"params": params}, x), loss(reference)
+    assert resolve_impl("auto", dropout=False) == "library"
     for impl in ("cudnn", "auto"):
         model = reference.clone(attention_impl=impl)
         np.testing.assert_allclose(model.apply({"params": params}, x), want_logits, atol=2e-2)
@@ -406,12 +407,25 @@ def test_benchmark_reads_values_as_their_fields_types():
     config = bench.make_config("Ti/16", 32, 2, {**overrides, "mesh.data": "1"})
     assert config.model.representation_size is None and config.model.posemb == "none"
     assert config.batch_size == 4 and config.mesh.data == 1
-    assert bench.parse_overrides("posemb_grid=(2, 2),dtype=float32") == {
+    assert bench.parse_overrides("posemb_grid=(2, 2),x=((1,2),[3,4]),dtype=float32") == {
         "posemb_grid": "(2, 2)",
+        "x": "((1,2),[3,4])",
         "dtype": "float32",
     }
+    # Fields are found where vit-train finds them: a section's as written, a top-level
+    # training field as is, anything else in the model.
+    config = bench.make_config(
+        "Ti/16",
+        32,
+        2,
+        {"model.dtype": "bfloat16", "total_steps": "7", "optimizer.learning_rate": "0.5"},
+    )
+    assert config.model.dtype == "bfloat16" and config.total_steps == 7
+    assert config.optimizer.learning_rate == 0.5
     with pytest.raises(ValueError, match="model.scan='maybe' is not of type bool"):
         bench.make_config("Ti/16", 32, 2, {"scan": "maybe"})
+    with pytest.raises(ValueError, match="^image_size=64: the image size is set by --image-size"):
+        bench.make_config("Ti/16", 32, 2, {"dtype": "float32", "image_size": "64"})
 
 
 def test_benchmark_passes_xla_options_to_one_contender_and_refuses_unknown_ones():
@@ -475,9 +489,9 @@ def test_benchmark_mistakes_are_one_line_before_anything_compiles(flags, message
         (["--sweep", "32,40"], "(40, 40)"),  # nor the first size
         (["--compare", "image_size=64"], "the image size is set by --image-size"),
         (["--compare", "dtype"], "'dtype' in 'dtype' is not FIELD=VALUE"),
-        (["--json", "/proc/nope/r.jsonl"], "--json: /proc/nope cannot be written"),
-        (["--sweep", "32", "--plot", "/proc/nope/p.png"], "--plot: /proc/nope cannot be written"),
-        (["--loader", "/proc/nope"], "--loader: /proc/nope cannot be written"),
+        (["--json", "/proc/nope/r.jsonl"], "--json='/proc/nope' cannot be written"),
+        (["--sweep", "32", "--plot", "/proc/nope/p.png"], "--plot='/proc/nope' cannot be written"),
+        (["--loader", "/proc/nope"], "--loader='/proc/nope' cannot be written"),
     ],
 )
 def test_benchmark_checks_every_contender_size_and_output_before_compiling(flags, message, capsys):
@@ -561,6 +575,7 @@ def test_profiler_window_is_clipped_to_the_run_and_says_when_it_is_not_whole(tmp
     )
     behind = StepProfiler("w", 3, 5, total_steps=60)
     assert "this run resumes after step 5" in behind.plan(5)
+    assert "its first traced step compiles inside the trace" in behind.plan(3)
     behind.before(5)
     assert not behind.active and StepProfiler("w", 0, 5, total_steps=6).plan(0) is None
     # A run stopped inside the window: the partial trace is written and said to be partial.
@@ -568,3 +583,6 @@ def test_profiler_window_is_clipped_to_the_run_and_says_when_it_is_not_whole(tmp
     stopped.before(1)
     stopped.after(2, None)
     assert stopped.close().endswith("profile, cut short: the run stopped after 2")
+    failed = StepProfiler(str(tmp_path / "d"), 1, 5, total_steps=60)
+    failed.before(1)  # and step 2 raised
+    assert failed.close().endswith("profile: step 2 did not end")

@@ -62,14 +62,13 @@ def parse_flags(argv: list[str]) -> list[str]:
     """Parses the flags of `argv` other than the --config.FIELD=VALUE overrides; returns
     [program, *overrides] (FIELD, VALUE pairs) for `train`. A mistake ends the process with one
     `error: ...` line and the user-error status."""
-    from vit_jax.train.command_line import HELP, split_overrides
+    from vit_jax.train.command_line import HELP, split_overrides, usage
     from vit_jax.train.stopping import user_error
 
     try:
         rest, overrides = split_overrides(argv)
         if HELP.intersection(rest):
-            own = FLAGS.module_help(sys.modules[__name__]).strip().split("\n", 1)[1]
-            print(__doc__.rstrip(), "Flags:", own, sep="\n\n")
+            print(usage(__doc__, FLAGS, sys.modules[__name__]))
             sys.exit(0)
         unexpected = FLAGS(rest)[1:]
         if unexpected:

@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         rest, overrides = command_line.split_overrides(argv)
         fv = make_flags()
         if command_line.HELP.intersection(rest):
-            own = fv.module_help(sys.modules[__name__]).strip().split("\n", 1)[1]
-            print(__doc__.rstrip(), "Flags:", own, sep="\n\n")
+            print(command_line.usage(__doc__, fv, sys.modules[__name__]))
             return 0
         unexpected = fv(rest)[1:]
         if unexpected:

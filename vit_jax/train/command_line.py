@@ -34,6 +34,13 @@ HELP = {"-h", "-?", "--help", "--helpshort"}  # absl's own --help exits with sta
 _TYPES = (bool, int, float, str, tuple)
 
 
+def usage(doc: str, flag_values, module) -> str:
+    """A command's --help text: its module docstring `doc` and the flags that `module` defines
+    in `flag_values` (not absl's own)."""
+    own = flag_values.module_help(module).strip().split("\n", 1)[1]
+    return "\n\n".join([doc.rstrip(), "Flags:", own])
+
+
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Takes the overrides out of a command line: (the other arguments, [(FIELD, VALUE)]) from
     `--config.FIELD=VALUE` and `--config.FIELD VALUE`, in their order."""

@@ -8,13 +8,17 @@ import os
 import tempfile
 
 
-def writable_folder(path: str) -> str:
-    """`path` ("~" expanded) as an absolute path, made if missing; raises OSError if it cannot
-    be made or takes no new file (a file in its place, no permission, a read-only disk)."""
+def writable_folder(path: str, name: str, fix: str) -> str:
+    """`path` ("~" expanded) as an absolute path, made if missing. Raises ValueError, "{name}=
+    {path!r} cannot be written (why): {fix}.", if it cannot be made or takes no new file (a
+    file in its place, no permission, a read-only disk)."""
     path = os.path.abspath(os.path.expanduser(path))
-    os.makedirs(path, exist_ok=True)
-    with tempfile.TemporaryFile(dir=path):
-        pass
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ValueError(f"{name}={path!r} cannot be written ({e.strerror or e}): {fix}.") from None
     return path
 
 

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -46,13 +47,7 @@ def prepare_workdir(workdir: str) -> str:
             f"workdir={workdir!r} is a URL; metrics and config files are written with local file "
             "I/O: use a local or mounted path (e.g. a bucket mounted with gcsfuse, or NFS)."
         )
-    try:
-        return writable_folder(workdir)
-    except OSError as e:
-        raise ValueError(
-            f"workdir={workdir!r} cannot be written ({e.strerror or e}): pass a --workdir you "
-            "can write to."
-        ) from None
+    return writable_folder(workdir, "workdir", "pass a --workdir you can write to")
 
 
 def evaluate(
@@ -456,8 +451,8 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
                 with saving(run):
                     run.manager.wait_until_finished()
                 return state, eval_step, (time.perf_counter() - train_start, compiling), done
-    finally:
-        if profile_note := profiler.close():
+    finally:  # on an error, the error is the message
+        if (profile_note := profiler.close()) and sys.exc_info()[0] is None:
             reporter.message(profile_note)
     return state, eval_step, (time.perf_counter() - train_start, compiling), 0
 

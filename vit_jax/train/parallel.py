@@ -173,22 +173,22 @@ class PmapParallel:
 
 def use_compilation_cache(directory: str) -> str | None:
     """Turns on JAX's persistent compilation cache in `directory` ("~" expanded; "" leaves it
-    off), unless the JAX_COMPILATION_CACHE_DIR environment variable already chose one. Returns
-    the directory in use, or None; raises ValueError if it cannot be written. Compiled programs
-    are keyed by their HLO, compiler and devices, so a rerun or a resume of the same model with
-    the same schedule and batch skips compilation (the schedule's constants are in the HLO)."""
+    off; a gs:// URL as it is), unless the JAX_COMPILATION_CACHE_DIR environment variable
+    already chose one. Returns the directory in use, or None; raises ValueError if it cannot be
+    written. Compiled programs are keyed by their HLO, compiler and devices, so a rerun or a
+    resume of the same model with the same schedule and batch skips compilation (the
+    schedule's constants are in the HLO)."""
     chosen = os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir
     if chosen:
         return chosen
     if not directory:
         return None
-    try:
-        directory = writable_folder(directory)
-    except OSError as e:
-        raise ValueError(
-            f"compilation_cache_dir={directory!r} cannot be written ({e.strerror or e}): name a "
-            "folder you can write to, or '' to turn the cache off."
-        ) from None
+    if "://" not in directory:  # JAX reads and writes a gs:// cache itself
+        directory = writable_folder(
+            directory,
+            "compilation_cache_dir",
+            "name a folder you can write to, or '' to turn the cache off",
+        )
     jax.config.update("jax_compilation_cache_dir", directory)
     return directory
 

@@ -27,7 +27,8 @@ class StepProfiler:
 
     def plan(self, first: int) -> str | None:
         """What to tell a run that starts after step `first` when the asked steps are not all
-        ahead of it: a resume past them, or a run that ends inside them or before them."""
+        ahead of it (a resume past them, or a run that ends inside them or before them) or when
+        the run's compiling first step is among them (a resume at their start)."""
         if not self.start:
             return None
         asked = f"profile_start_step={self.start} (steps {self.start + 1}-{self.asked})"
@@ -37,6 +38,11 @@ class StepProfiler:
             return (
                 f"{asked}: this run resumes after step {first}, so no profiler trace is written; "
                 "set profile_start_step to a step after it."
+            )
+        if first == self.start:
+            return (
+                f"{asked}: this run resumes at step {first}, so its first traced step compiles "
+                "inside the trace; a later profile_start_step leaves compilation out."
             )
         if self.stop < self.asked:
             return f"{asked}: the run ends at step {self.stop}; the trace stops there."
@@ -66,7 +72,9 @@ class StepProfiler:
             return None
         self.active = False
         jax.profiler.stop_trace()
-        steps = f"steps {self.start + 1}-{self.done}" if self.done > self.start else "no step"
+        if self.done == self.start:
+            return f"profiler trace written to {self.directory}: step {self.start + 1} did not end"
+        steps = f"steps {self.start + 1}-{self.done}"
         cut = "" if self.done >= self.stop else f", cut short: the run stopped after {self.done}"
         return f"profiler trace of {steps} written to {self.directory}{cut}"
 
