@@ -503,6 +503,17 @@ def test_benchmark_checks_every_contender_size_and_output_before_compiling(flags
     assert message in err and "compiling" not in err
 
 
+def test_benchmark_inference_takes_the_params_where_fsdp_placed_them():
+    bench = _benchmark_module()
+    overrides = bench.parse_overrides(
+        "num_layers=1,hidden_size=32,num_heads=2,mlp_dim=64,mesh.fsdp=2,sharding.fsdp_min_size_mb=0"
+    )
+    config = bench.make_config("Ti/8", 16, 8, overrides)
+    contender = bench.ours("fsdp", config, 16, inference=True, xla_check=False)
+    contender.infer()  # compiled for replicated parameters, it refused the sharded ones
+    assert contender.info["peak_memory_bytes"] > 0
+
+
 def test_benchmark_refuses_zero_rounds_or_steps(capsys):
     bench = _benchmark_module()
     for flag in ("--rounds", "--steps", "--batch"):
