@@ -14,31 +14,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 from vit_jax.checkpoint.npz import export_npz
 from vit_jax.checkpoint.orbax_params import save_orbax_params
 from vit_jax.checkpoint.restore import load_params
 from vit_jax.tools import run
+from vit_jax.train.folders import check_creatable
 
 
 def check_destination(dst: str) -> None:
     """Raises ValueError if `dst` cannot take the converted checkpoint: an .npz path that is a
     directory, an Orbax destination that is a file or a directory with something in it, or a
     place where no file can be made (under a file, a folder that takes no new files)."""
-    folder = os.path.dirname(os.path.abspath(dst))
-    while not os.path.isdir(folder):
-        if os.path.exists(folder):
-            raise ValueError(f"cannot write {dst}: {folder} is a file, not a directory.")
-        folder = os.path.dirname(folder)
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise ValueError(
-            f"cannot write {dst}: {folder} takes no new files ({e.strerror or e}); choose "
-            "another destination."
-        ) from None
+    check_creatable(dst)
     if dst.endswith(".npz"):
         if os.path.isdir(dst):
             raise ValueError(f"{dst} is a directory: name an .npz file to write.")
