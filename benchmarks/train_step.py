@@ -28,7 +28,9 @@ time (trace_seconds of it: tracing and lowering to StableHLO, before XLA), XLA's
 count of the unrolled, unsharded step (--xla-check) and the img/s of the training loader at
 that size (--loader DATA_DIR, on the embedded digits). With --timm (the optional `timm`
 extra), timm's model of the same size, resolution, batch and precision (eager; torch.autocast
-to bf16 when dtype=bfloat16) is timed in the same rounds.
+to bf16 when dtype=bfloat16) is timed in the same rounds. --host-memory keep sets this
+process's malloc, and timm's worker's, to keep freed memory (train.host_memory: on CPU the
+step's temporaries stop page-faulting at every step).
 
 Output: a table, JSON lines (--json, default benchmarks/results/train_step.jsonl), and with
 --sweep a PNG of step time against the number of tokens per contender.
@@ -49,7 +51,7 @@ import jax
 import numpy as np
 
 from vit_jax.models import zoo
-from vit_jax.train import command_line, cost, optim, parallel
+from vit_jax.train import command_line, cost, host_memory, optim, parallel
 from vit_jax.train.config import base_config, model_config
 from vit_jax.train.folders import writable_folder
 from vit_jax.train.state import create_state, init_params
@@ -264,15 +266,23 @@ def xla_check_flops(
 
 
 def timm_contender(
-    name: str, model: str, image_size: int, batch: int, dtype: str, *, inference: bool
+    name: str,
+    model: str,
+    image_size: int,
+    batch: int,
+    dtype: str,
+    *,
+    inference: bool,
+    host_memory_policy: str = "system",
 ) -> Contender:
     """timm's ViT of the same size in eager PyTorch with AdamW (bf16 autocast if asked), run in
     a worker process (`timm_worker`) so that PyTorch's and XLA's thread pools never compete:
-    each process sleeps while the other is timed."""
+    each process sleeps while the other is timed. The worker's malloc follows
+    `host_memory_policy`, as ours does (--host-memory)."""
     import subprocess
 
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    spec = json.dumps([model, image_size, batch, dtype])
+    spec = json.dumps([model, image_size, batch, dtype, host_memory_policy])
     worker = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--timm-worker", spec],
         stdin=subprocess.PIPE,
@@ -300,10 +310,11 @@ def timm_contender(
 def timm_worker(spec: str) -> int:
     """The worker process of `timm_contender`: builds the model, then runs one train step or
     forward pass per line read ("step" / "infer") and answers "ok"."""
+    model, image_size, batch, dtype, policy = json.loads(spec)
+    host_memory.apply(policy)  # before PyTorch starts its threads
     import timm
     import torch
 
-    model, image_size, batch, dtype = json.loads(spec)
     torch.set_num_threads(os.cpu_count() or 1)
     size, patch = model.split("/")
     timm_name = f"vit_{TIMM_SIZES[size]}_patch{patch}_224"
@@ -480,6 +491,7 @@ def run(args, image_size: int, planned: list[Planned]) -> list[dict]:
                     args.batch,
                     dtype,
                     inference=args.inference,
+                    host_memory_policy=args.host_memory,
                 )
             )
     peaks = time_rounds(contenders, args.rounds, args.steps)
@@ -495,6 +507,7 @@ def run(args, image_size: int, planned: list[Planned]) -> list[dict]:
             device=device.device_kind,
             devices=jax.device_count(),
             jax=jax.__version__,
+            host_memory=args.host_memory,
         )
     return records
 
@@ -585,11 +598,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--loader", metavar="DATA_DIR", help="also time the digits training loader at the size"
     )
+    parser.add_argument(
+        "--host-memory",
+        choices=host_memory.POLICIES,
+        default="system",
+        help="malloc policy of this process and timm's worker, as train.host_memory",
+    )
     parser.add_argument("--timm-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.timm_worker:
         return timm_worker(args.timm_worker)
     try:  # every mistake that can be found before compiling anything: one line, status 2
+        host_memory.apply(args.host_memory)  # first: checking the contenders starts JAX
         zoo.decode_variant(args.model)
         if args.timm and importlib.util.find_spec("timm") is None:
             raise ValueError("--timm needs timm and torch: pip install -e '.[timm]'")

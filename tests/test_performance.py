@@ -384,6 +384,13 @@ def _benchmark_module():
     return module
 
 
+def test_benchmark_host_memory_keep_after_jax_started_is_one_line(capsys):
+    bench = _benchmark_module()
+    jax.devices()  # this test process's backend has started: too late for malloc's arenas
+    assert bench.main(["--host-memory", "keep", "--rounds", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: host_memory='keep' must be chosen before")
+
+
 def test_benchmark_speed_ratio_pairs_the_contenders_round_by_round():
     bench = _benchmark_module()
     info = {"model_flops_per_step": 10**9}

@@ -22,6 +22,8 @@ import sys
 
 from absl import app, flags
 
+from vit_jax.train.host_memory import POLICIES as HOST_MEMORY_POLICIES
+
 flags.DEFINE_string(
     "config",
     None,
@@ -41,6 +43,15 @@ flags.DEFINE_integer(
     30,
     "Multi-process: seconds without a heartbeat after which a process counts as dead and the "
     "others stop with an error (instead of waiting for it forever).",
+)
+flags.DEFINE_enum(
+    "host_memory",
+    "system",
+    list(HOST_MEMORY_POLICIES),
+    "Host memory the steps free: 'system' returns it to the kernel (the C library's default); "
+    "'keep' keeps it for the next step, so that XLA:CPU's large temporaries stop page-faulting "
+    "at every step: faster for large models on CPU, slower for small ones, glibc only "
+    "(vit_jax/train/host_memory.py).",
 )
 flags.DEFINE_bool(
     "show_config",
@@ -82,7 +93,13 @@ def train(argv: list[str]) -> None:
     """Trains the config of --config with the overrides in argv[1:] (from `parse_flags`)."""
     from absl import logging
 
-    from vit_jax.train import command_line, stopping
+    from vit_jax.train import host_memory, stopping
+
+    try:  # first: the first threads to allocate settle malloc's arenas
+        host_memory.apply(FLAGS.host_memory)
+    except ValueError as e:
+        sys.exit(stopping.user_error(e))
+    from vit_jax.train import command_line
 
     if not FLAGS["verbosity"].present:  # Orbax and tfds are chatty at INFO; -v 0 shows it
         logging.set_verbosity(logging.WARNING)
