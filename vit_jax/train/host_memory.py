@@ -12,8 +12,8 @@ block it cannot hold with mmap regardless). The step then faults nothing after t
 
 The price: the process holds its peak host memory until it exits, and all threads take one
 malloc lock, which slows steps that allocate many small blocks. Measured on that machine (see
-README "Results"): ViT-S/16 trained 1.06-1.45x faster with `keep`, the small digits config
-0.73-0.85x as fast. Hence `system` stays the default. On a GPU or TPU the step's temporaries
+README "Results"): ViT-S/16 trained 1.13-1.29x faster with `keep`, the small digits config
+0.78-0.87x as fast. Hence `system` stays the default. On a GPU or TPU the step's temporaries
 live on the device, and `keep` only costs.
 
 glibc only (Linux), and only while the process has one malloc arena: threads pick theirs when
