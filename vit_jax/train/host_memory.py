@@ -8,7 +8,8 @@ each zero-filled by the kernel, which took 3-8 s of kernel CPU time per ~7 s ste
 virtual machine, and up to 20 s right after another process had churned through memory.
 `keep` makes malloc keep what is freed: large blocks come from the heap instead of mmap, the
 heap is never trimmed, and every thread shares the main arena (a thread's own arena serves a
-block it cannot hold with mmap regardless). The step then faults nothing after the first.
+block it cannot hold with mmap regardless). After the first few steps, while the heap
+settles, a step faults nothing.
 
 The price: the process holds its peak host memory until it exits, and all threads take one
 malloc lock, which slows steps that allocate many small blocks. Measured on that machine (see
@@ -18,13 +19,15 @@ live on the device, and `keep` only costs.
 
 glibc only (Linux), and only while the process has one malloc arena: threads pick theirs when
 they first allocate, so JAX's (started with its backend) and those of libraries that run
-threads must come later. Choose it first thing in the process, as `vit-train` does.
+threads must come later. Choose it first thing in the process, as `vit-train` does. A Jupyter
+kernel has threads of its own before any cell runs: there, start the kernel with
+`GLIBC_TUNABLES=glibc.malloc.arena_max=1` in its environment (its kernel spec, or the shell that
+starts Jupyter), then call `keep_freed_memory()` before anything uses JAX.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import platform
 
 POLICIES = ("system", "keep")
@@ -37,8 +40,9 @@ M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 _kept = False
 
 
-def malloc_arenas(libc: ctypes.CDLL) -> int:
+def malloc_arenas() -> int:
     """How many malloc arenas the process has (malloc_info(3) lists one <heap> per arena)."""
+    libc = ctypes.CDLL(None)
     libc.open_memstream.restype = ctypes.c_void_p
     libc.open_memstream.argtypes = [
         ctypes.POINTER(ctypes.c_char_p),
@@ -48,12 +52,18 @@ def malloc_arenas(libc: ctypes.CDLL) -> int:
     libc.fclose.argtypes = [ctypes.c_void_p]
     text, size = ctypes.c_char_p(), ctypes.c_size_t()
     stream = libc.open_memstream(ctypes.byref(text), ctypes.byref(size))
-    if not stream or libc.malloc_info(0, stream) != 0:
-        raise RuntimeError("malloc_info(3) failed")
-    libc.fclose(stream)
-    report = ctypes.string_at(text, size.value).decode()
-    libc.free(text)
-    return report.count("<heap nr=")
+    if not stream:
+        raise RuntimeError("open_memstream(3) failed")
+    try:
+        written = libc.malloc_info(0, stream)
+    finally:
+        libc.fclose(stream)  # sets text and size
+    try:
+        if written != 0:
+            raise RuntimeError("malloc_info(3) failed")
+        return ctypes.string_at(text, size.value).decode().count("<heap nr=")
+    finally:
+        libc.free(text)
 
 
 def keep_freed_memory() -> None:
@@ -71,16 +81,17 @@ def keep_freed_memory() -> None:
             f"host_memory='keep' needs glibc's malloc (Linux); this Python runs on "
             f"{libc_name or platform.system()}: set host_memory='system'."
         )
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    arenas = malloc_arenas(libc)
+    arenas = malloc_arenas()
     if arenas > 1:
         raise ValueError(
             f"host_memory='keep' must be chosen before any other thread allocates (this process "
             f"has {arenas} malloc arenas already; JAX's backend makes them when it starts): "
-            "choose it first thing in the process (vit-train --host_memory=keep does; in a "
-            "notebook, call vit_jax.train.host_memory.keep_freed_memory() right after a "
-            "restart), or keep host_memory='system'."
+            "choose it first thing in the process (vit-train --host_memory=keep does; for a "
+            "Jupyter kernel, which starts threads of its own, set GLIBC_TUNABLES=glibc.malloc."
+            "arena_max=1 in its environment, then call keep_freed_memory() before anything "
+            "uses JAX), or keep host_memory='system'."
         )
+    libc = ctypes.CDLL(None)
     for parameter, value in ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1)):
         # -1 for the trim threshold is SIZE_MAX once glibc reads it as size_t: never trim
         if libc.mallopt(parameter, value) != 1:
