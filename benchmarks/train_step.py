@@ -29,7 +29,7 @@ count of the unrolled, unsharded step (--xla-check) and the img/s of the trainin
 that size (--loader DATA_DIR, on the embedded digits). With --timm (the optional `timm`
 extra), timm's model of the same size, resolution, batch and precision (eager; torch.autocast
 to bf16 when dtype=bfloat16) is timed in the same rounds. --host-memory keep sets this
-process's malloc, and timm's worker's, to keep freed memory (train.host_memory: on CPU the
+process's malloc, and timm's worker's, to keep freed memory (as vit-train --host_memory=keep: the
 step's temporaries stop page-faulting at every step).
 
 Output: a table, JSON lines (--json, default benchmarks/results/train_step.jsonl), and with
@@ -602,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         "--host-memory",
         choices=host_memory.POLICIES,
         default="system",
-        help="malloc policy of this process and timm's worker, as train.host_memory",
+        help="malloc policy of this process and timm's worker, as vit-train's --host_memory",
     )
     parser.add_argument("--timm-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
