@@ -4,6 +4,7 @@ benchmarks/train_step.py)."""
 
 import importlib.util
 import json
+import math
 import os
 import platform
 import subprocess
@@ -184,13 +185,59 @@ def test_model_flops_of_published_sizes():
     assert b16["forward"] == pytest.approx(2 * 17.58e9, rel=2e-3)
     assert s16["forward"] == pytest.approx(2 * 4.60e9, rel=2e-3)
     assert cost.train_flops(models.create("S/16", num_classes=1000, image_size=224), 32) == (
-        3 * 32 * s16["forward"]
+        32 * (3 * s16["forward"] - s16["patch_embed"])  # no gradient for the images
     )
     gray = cost.model_flops(models.create("S/16", num_classes=1000, image_size=224), channels=1)
     assert 3 * gray["patch_embed"] == s16["patch_embed"]  # one input plane instead of three
     assert {k: v for k, v in gray.items() if k not in ("patch_embed", "forward")} == {
         k: v for k, v in s16.items() if k not in ("patch_embed", "forward")
     }
+
+
+def matmul_flops(jaxpr) -> int:
+    """2 x the multiply-adds of every matrix product and convolution a jaxpr computes (with
+    those of the jaxprs it calls; no loops: unrolled models only)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contracting, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[i] for i in contracting)
+        elif eqn.primitive.name == "conv_general_dilated":
+            spec = eqn.params["dimension_numbers"].rhs_spec  # (out features, in features, space)
+            kernel = eqn.invars[1].aval.shape
+            window = math.prod(kernel[i] for i in spec[1:])
+            total += 2 * math.prod(eqn.outvars[0].aval.shape) * window
+        assert eqn.primitive.name not in ("scan", "while"), "count an unrolled model"
+    for sub in jax.extend.core.subjaxprs(jaxpr):
+        total += matmul_flops(sub)
+    return total
+
+
+@pytest.mark.parametrize(
+    "overrides, channels",
+    [
+        ({}, 3),
+        ({"classifier": "map", "representation_size": 48}, 3),
+        ({"classifier": "gap", "patch_embed": "linear"}, 1),
+        ({"classifier": "unpooled", "image_size": (32, 16), "patch_size": (8, 4)}, 3),
+    ],
+)
+def test_analytic_flops_are_the_products_the_train_step_computes(overrides, channels):
+    """The analytic count is exactly the matrix products in the step's jaxpr: forward, both
+    gradients of every product, no gradient for the images."""
+    import optax
+
+    fields = {"image_size": 32, "hidden_size": 16, "num_layers": 2, "num_heads": 2,
+              "mlp_dim": 24, **overrides}  # fmt: skip
+    model = models.create("Ti/8", num_classes=10, **fields)
+    tx = optax.adamw(1e-3)
+    abstract = cost.abstract_train_state(model, tx, channels)
+    batch = cost.abstract_batch(3, model.image_size, channels)
+    if model.classifier == "unpooled":
+        batch["label"] = jax.ShapeDtypeStruct((3, *model.image_size), jnp.int32)
+    jaxpr = jax.make_jaxpr(make_train_step(model, tx, lambda s: 1e-3))(abstract, batch)
+    assert matmul_flops(jaxpr.jaxpr) == cost.train_flops(model, 3, channels)
 
 
 @pytest.mark.parametrize(
@@ -224,6 +271,14 @@ def test_published_peaks_and_mfu():
     assert cost.published_peak_flops("NVIDIA H100 PCIe") == 756e12
     assert cost.published_peak_flops("TPU v5 lite") == 197e12
     assert cost.published_peak_flops("cpu") is None
+    # the longest name that fits: not L4's peak for an L40, nor the SXM figure for an NVL
+    assert cost.published_peak_flops("NVIDIA L40") == 181e12
+    assert cost.published_peak_flops("NVIDIA L40S") == 362e12
+    assert cost.published_peak_flops("NVIDIA L4") == 121e12
+    assert cost.published_peak_flops("NVIDIA H100 NVL") == 835e12
+    assert cost.published_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert cost.published_peak_flops("TPU v4 lite") == 138e12
+    assert cost.published_peak_flops("TPU v3") == 123e12 / 2  # a device is one of two cores
     assert cost.mfu(100e12, 400e12) == 0.25
 
 

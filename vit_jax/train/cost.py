@@ -7,7 +7,8 @@ One home for the figures that the training log (img/s, MFU), `benchmarks/train_s
 convention of MFU (PaLM, Appendix B): the matrix products of the forward pass at 2 FLOPs per
 multiply-add (patch embedding, q/k/v/out projections, the two attention products, MLP, pooling
 head, head), and a training step = 3 x forward (the backward pass computes two products per
-forward product). Element-wise work (LayerNorm, softmax, GELU, position embeddings, the
+forward product) less the patch embedding's product for the images' gradient, which no step
+computes (a test counts the products of the step's jaxpr: equal). Element-wise work (LayerNorm, softmax, GELU, position embeddings, the
 optimizer) and rematerialised recomputation are not counted: they are the implementation's
 cost, not the model's. `xla_flops` reads XLA's own count of a compiled step, which counts every
 operation, a `scan` or gradient-accumulation loop body ONCE (a scanned model reports about one
@@ -105,9 +106,11 @@ def model_flops(model, channels: int = CHANNELS) -> dict[str, int]:
 
 
 def train_flops(model, batch_size: int, channels: int = CHANNELS) -> int:
-    """Model FLOPs of one training step on `batch_size` images: 3 x forward (the backward
-    pass computes the gradients of both operands of every product)."""
-    return 3 * model_flops(model, channels)["forward"] * batch_size
+    """Model FLOPs of one training step on `batch_size` images: the forward pass and, in the
+    backward pass, the gradients of both operands of every product (3 x forward), except the
+    images' gradient through the patch embedding, which no step computes."""
+    parts = model_flops(model, channels)
+    return (3 * parts["forward"] - parts["patch_embed"]) * batch_size
 
 
 def xla_flops(compiled) -> float | None:
@@ -128,24 +131,31 @@ def xla_flops(compiled) -> float | None:
 # ---------------------------------------------------------------------------------------------
 # Peak FLOP rate
 
-# Dense bf16 peak per device in FLOP/s, from the vendors' data sheets, matched against
-# jax.Device.device_kind (the first entry contained in it, case-insensitively).
+# Dense bf16 peak per JAX device in FLOP/s, from the vendors' data sheets, matched against
+# jax.Device.device_kind: the longest name contained in it, case-insensitively ("L40S" before
+# "L40" before "L4"). A TPU v2 or v3 chip is two JAX devices (one per core): half the chip's
+# figure; from v4 on a device is a chip.
 PUBLISHED_PEAK_FLOPS = (
     ("TPU v6 lite", 918e12),  # Trillium / v6e
     ("TPU v5p", 459e12),
     ("TPU v5 lite", 197e12),  # v5e
     ("TPU v5", 459e12),
+    ("TPU v4 lite", 138e12),  # v4i
     ("TPU v4", 275e12),
-    ("TPU v3", 123e12),
-    ("TPU v2", 45e12),
+    ("TPU v3", 123e12 / 2),
+    ("TPU v2", 45e12 / 2),
+    ("B200", 2250e12),
     ("H200", 989e12),
     ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
     ("H100", 989e12),  # SXM
     ("GH200", 989e12),
     ("A100", 312e12),
     ("L40S", 362e12),
+    ("L40", 181e12),
     ("L4", 121e12),
     ("A10G", 70e12),
+    ("A10", 125e12),
     ("V100", 125e12),  # fp16 tensor cores
 )
 
@@ -153,10 +163,8 @@ PUBLISHED_PEAK_FLOPS = (
 def published_peak_flops(device_kind: str) -> float | None:
     """The dense bf16 peak of a device kind (e.g. "TPU v4", "NVIDIA H100 80GB HBM3"), or None."""
     kind = device_kind.lower()
-    for name, flops in PUBLISHED_PEAK_FLOPS:
-        if name.lower() in kind:
-            return flops
-    return None
+    matches = [(len(name), flops) for name, flops in PUBLISHED_PEAK_FLOPS if name.lower() in kind]
+    return max(matches)[1] if matches else None
 
 
 def measured_matmul_flops(size: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
