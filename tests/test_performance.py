@@ -68,7 +68,7 @@ def test_fast_attention_gives_the_reference_logits_and_gradients(posemb, classif
 )
 def test_cudnn_attention_gives_the_reference_logits_and_gradients_on_a_gpu():
     """cuDNN's flash attention takes 16-bit inputs: bf16 against the bf16 reference path, at
-    bf16's tolerance; `auto` picks the library path there (and gives the same)."""
+    bf16's tolerance (and `xla`, jax.nn.dot_product_attention's other path, likewise)."""
     reference = small_model(dtype="bfloat16", attention_impl="reference")
     params = random_params(reference)
     x = images()
@@ -76,8 +76,7 @@ def test_cudnn_attention_gives_the_reference_logits_and_gradients_on_a_gpu():
         params
     )
     want_logits, (want_loss, want_grads) = reference.apply({"params": params}, x), loss(reference)
-    assert resolve_impl("auto", dropout=False) == "library"
-    for impl in ("cudnn", "auto"):
+    for impl in ("cudnn", "xla"):
         model = reference.clone(attention_impl=impl)
         np.testing.assert_allclose(model.apply({"params": params}, x), want_logits, atol=2e-2)
         got_loss, got_grads = loss(model)
@@ -120,13 +119,36 @@ def test_fused_attention_applies_the_same_attention_dropout_as_the_reference():
     assert np.abs(np.asarray(other) - np.asarray(want)).max() > 1e-3
 
 
-def test_auto_picks_the_fused_path_off_gpu_and_without_library_dropout():
-    assert resolve_impl("auto", dropout=False, backend="cpu") == "fused"
-    assert resolve_impl("auto", dropout=False, backend="tpu") == "fused"
-    assert resolve_impl("auto", dropout=False, backend="gpu") == "library"
-    assert resolve_impl("auto", dropout=True, backend="gpu") == "fused"
+def test_auto_is_the_fused_path_and_the_library_paths_refuse_dropout():
+    assert resolve_impl("auto") == "fused"
+    assert resolve_impl("cudnn") == "cudnn"
     with pytest.raises(ValueError, match="attention_impl='xla'.*no attention dropout"):
         small_model(attention_impl="xla", attention_dropout_rate=0.1)
+
+
+def test_the_map_head_attends_the_way_the_model_says():
+    """attention_impl reaches the MAP head's attention too: the reference path projects with
+    [D, heads, head_dim] (and [heads, head_dim, D]) kernels, 4 products per attention layer;
+    the fused path flattens them to matrices."""
+    x = images()
+
+    def kernel3_products(model):
+        jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, x))(random_params(model))
+        count = 0
+
+        def walk(jaxpr):
+            nonlocal count
+            for eqn in jaxpr.eqns:
+                count += eqn.primitive.name == "dot_general" and eqn.invars[1].aval.ndim == 3
+            for sub in jax.extend.core.subjaxprs(jaxpr):
+                walk(sub)
+
+        walk(jaxpr.jaxpr)
+        return count
+
+    reference = small_model(classifier="map", attention_impl="reference")
+    assert kernel3_products(reference) == 4 * (reference.num_layers + 1)
+    assert kernel3_products(reference.clone(attention_impl="fused")) == 0
 
 
 def test_collecting_attention_maps_takes_the_reference_path_with_any_impl():
@@ -201,8 +223,8 @@ def matmul_flops(jaxpr) -> int:
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "dot_general":
             (contracting, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[i] for i in contracting)
+            lhs, out = eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape
+            total += 2 * math.prod(out) * math.prod(lhs[i] for i in contracting)
         elif eqn.primitive.name == "conv_general_dilated":
             spec = eqn.params["dimension_numbers"].rhs_spec  # (out features, in features, space)
             kernel = eqn.invars[1].aval.shape

@@ -19,9 +19,10 @@ reads the same parameters and gives the same outputs (to float32 rounding; teste
   (`softmax`). The fastest on CPU and TPU.
 - `xla` / `cudnn`: the fused projection and `jax.nn.dot_product_attention` with that
   implementation (`cudnn`: NVIDIA GPUs, flash attention, 16-bit dtypes).
-- `auto` (default): `jax.nn.dot_product_attention` on GPUs (cuDNN where it supports the inputs,
-  else XLA), `fused` elsewhere; `fused` whenever attention dropout is active (the library
-  attention has no dropout).
+- `auto` (default): `fused`, on every backend. (jax.nn.dot_product_attention left to choose runs
+  its XLA implementation, the reference's formula with a softmax that keeps more for the
+  backward pass; cuDNN is not chosen for you until it has been measured on a GPU: ask for
+  `cudnn`.)
 
 When the caller makes the `intermediates` collection mutable, the module sows its pre-softmax
 `attention_logits` and post-softmax `attention_weights`, both [B, heads, N_q, N_k].
@@ -43,15 +44,9 @@ ATTENTION_IMPLS = ("auto", "reference", "fused", "xla", "cudnn")
 LIBRARY_IMPLS = ("xla", "cudnn")  # jax.nn.dot_product_attention's; they have no dropout
 
 
-def resolve_impl(impl: str, *, dropout: bool, backend: str | None = None) -> str:
-    """The implementation `impl` runs as on `backend` (default: JAX's default backend):
-    `auto` becomes "library" (jax.nn.dot_product_attention choosing its own implementation) on
-    GPUs and `fused` elsewhere or with active attention `dropout`."""
-    if impl != "auto":
-        return impl
-    if dropout:
-        return "fused"
-    return "library" if (backend or jax.default_backend()) == "gpu" else "fused"
+def resolve_impl(impl: str) -> str:
+    """The implementation `impl` runs as: `auto` is `fused`."""
+    return "fused" if impl == "auto" else impl
 
 
 @jax.custom_jvp
@@ -140,8 +135,7 @@ class Attention(nn.Module):
         query, key, value = (project(n, (dim,), heads) for n in ("query", "key", "value"))
         out = project("out", heads, (dim,))
 
-        dropout = self.dropout_rate > 0 and not self.deterministic
-        impl = resolve_impl(self.impl, dropout=dropout)
+        impl = resolve_impl(self.impl)
         if self.is_mutable_collection("intermediates"):
             impl = "reference"  # the only one that sows the attention maps
         if impl == "reference":
@@ -203,12 +197,11 @@ class Attention(nn.Module):
         return y.transpose(0, 2, 1, 3)
 
     def _library(self, q, k, v, bias, impl: str):
-        """jax.nn.dot_product_attention (`impl` "xla", "cudnn", or "library": its own choice)."""
+        """jax.nn.dot_product_attention with the implementation `impl`, "xla" or "cudnn"."""
         q, k, v = (x.astype(self.dtype) for x in (q, k, v))
         if bias is not None:
             bias = bias.astype(self.dtype)
-        implementation = None if impl == "library" else impl
-        return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=implementation)
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=impl)
 
 
 __all__ = [

@@ -172,6 +172,7 @@ class MAPHead(nn.Module):
     layernorm_epsilon: float
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -181,6 +182,7 @@ class MAPHead(nn.Module):
         probe = jnp.broadcast_to(probe.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
         x = Attention(
             num_heads=self.num_heads,
+            impl=self.attention_impl,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="MultiHeadDotProductAttention_0",
@@ -313,8 +315,8 @@ class VisionTransformer(nn.Module):
     )
     attention_impl: str = option(
         "auto",
-        "how attention is computed (same parameters and outputs): 'auto' (fastest for the "
-        "backend), 'reference', 'fused', or jax.nn.dot_product_attention's 'xla' / 'cudnn'",
+        "how attention is computed (same parameters and outputs): 'auto' (= 'fused'), "
+        "'reference', 'fused', or jax.nn.dot_product_attention's 'xla' / 'cudnn'",
         choices=ATTENTION_IMPLS,
     )
     dtype: str = option("float32", "compute dtype: 'float32', 'bfloat16' or 'float16'")
@@ -421,6 +423,7 @@ class VisionTransformer(nn.Module):
                 layernorm_epsilon=self.layernorm_epsilon,
                 dtype=dtype,
                 param_dtype=param_dtype,
+                attention_impl=self.attention_impl,
                 name=paths.MAP_HEAD,
             )(x)
         return x

@@ -8,12 +8,12 @@ convention of MFU (PaLM, Appendix B): the matrix products of the forward pass at
 multiply-add (patch embedding, q/k/v/out projections, the two attention products, MLP, pooling
 head, head), and a training step = 3 x forward (the backward pass computes two products per
 forward product) less the patch embedding's product for the images' gradient, which no step
-computes (a test counts the products of the step's jaxpr: equal). Element-wise work (LayerNorm, softmax, GELU, position embeddings, the
-optimizer) and rematerialised recomputation are not counted: they are the implementation's
-cost, not the model's. `xla_flops` reads XLA's own count of a compiled step, which counts every
-operation, a `scan` or gradient-accumulation loop body ONCE (a scanned model reports about one
-layer's share) and per device under sharding: compare it with the analytic figure on the
-unrolled, unsharded step (the tests and the benchmark do).
+computes (a test counts the products of the step's jaxpr: equal). Element-wise work (LayerNorm,
+softmax, GELU, position embeddings, the optimizer) and rematerialised recomputation are not
+counted: they are the implementation's cost, not the model's. `xla_flops` reads XLA's own count
+of a compiled step, which counts every operation, a `scan` or gradient-accumulation loop body
+ONCE (a scanned model reports about one layer's share) and per device under sharding: compare
+it with the analytic figure on the unrolled, unsharded step (the tests and the benchmark do).
 
 **Peak** (`peak_flops`): a device's published dense bf16 peak (TPUs, NVIDIA GPUs; the MFU
 convention), else, on CPUs and unknown devices, the float32 rate of a 2048 x 2048 matrix
