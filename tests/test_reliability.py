@@ -293,6 +293,38 @@ def test_a_logged_window_averages_the_metrics_but_gives_the_last_learning_rate()
     assert means["loss"] == 2.0 and means["learning_rate"] == pytest.approx(0.3)
 
 
+def test_a_logged_window_counts_training_time_only():
+    """Images per second and data wait leave out what `aside` holds (evaluations, saves), and a
+    fetch counts as waiting for data only if the previous step had finished: while it still
+    ran (steps are dispatched asynchronously) the devices were not waiting."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    from vit_jax.train.reporting import PendingMetrics
+
+    pending = PendingMetrics(float, step=0, batch_size=4)
+    pending.add({"loss": 1.0, "finite": True})
+    time.sleep(0.2)  # training
+    with pending.aside(None):
+        time.sleep(0.5)  # an evaluation
+    pending.waited(0.1, previous=None)  # no step before: the devices idled
+    means, img_per_sec = pending.flush(1, stop=True)
+    assert 4 / 0.45 < img_per_sec <= 4 / 0.2  # not 4 / 0.7
+    assert 0.1 / 0.45 < means["data_wait"] <= 0.1 / 0.2
+
+    x = jnp.ones((2048, 2048))
+    chain = jax.jit(lambda x: x @ x @ x @ x @ x)  # ~0.1-1 s: still running when asked
+    running = {"loss": chain(x)}
+    pending.waited(5.0, previous=running)  # dispatched, not finished: not waiting
+    jax.block_until_ready(running)
+    pending.waited(0.01, previous=running)  # finished: the fetch kept the devices idle
+    pending.add({"loss": 1.0, "finite": True})
+    means, _ = pending.flush(2, stop=True)
+    assert 0 < means["data_wait"] < 0.5  # the 0.01 s counted, the 5 s not (they would give 1)
+
+
 def test_tensorboard_events_hold_the_scalars_and_mark_a_resume(tmp_path):
     import struct
 

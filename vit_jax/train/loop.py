@@ -416,13 +416,13 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
     )
     if profile_note := profiler.plan(start_step):
         reporter.message(profile_note)
-    train_start, compiling = time.perf_counter(), 0.0
+    train_start, compiling, metrics = time.perf_counter(), 0.0, None
     try:
         for step in range(start_step, train.total_steps):
             profiler.before(step)
             fetch_start = time.perf_counter()
             batch = par.put_batch(next(train_iter))
-            pending.waited(time.perf_counter() - fetch_start)
+            pending.waited(time.perf_counter() - fetch_start, previous=metrics)
             state, metrics = train_step(state, batch)
             pending.add(metrics)
             done = step + 1
@@ -439,14 +439,20 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
                 reporter.train(done, {**means, **speed.fields(img_per_sec)}, img_per_sec)
             if train.eval_every_steps and done % train.eval_every_steps == 0:
                 if done < train.total_steps:
-                    reporter.eval(done, "eval", **evaluate_run(run, eval_step, state))
+                    with pending.aside(state):  # not training time
+                        reporter.eval(done, "eval", **evaluate_run(run, eval_step, state))
             stop = stopping.stop_requested(run.manager, done, signals)
             if done == train.total_steps or run.manager.should_save(done) or stop:
-                pending.check(stop=train.nonfinite == "stop")
-                if not bool(to_host(stopping.all_finite(state))):
-                    raise DivergedError(f"the state after step {done} is not finite; not saved.")
-                with saving(run):
-                    ckpt.save(run.manager, done, par.host_state(state), run.config_dict, force=True)
+                with pending.aside(state):
+                    pending.check(stop=train.nonfinite == "stop")
+                    if not bool(to_host(stopping.all_finite(state))):
+                        raise DivergedError(
+                            f"the state after step {done} is not finite; not saved."
+                        )
+                    with saving(run):
+                        ckpt.save(
+                            run.manager, done, par.host_state(state), run.config_dict, force=True
+                        )
             if stop:
                 with saving(run):
                     run.manager.wait_until_finished()

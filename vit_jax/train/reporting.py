@@ -80,25 +80,41 @@ def json_safe(value):
 
 class PendingMetrics:
     """The device metrics of the steps since the last log, fetched to the host only when they
-    are logged or checked (no host sync per step)."""
+    are logged or checked (no host sync per step), and the window's clock: images per second
+    and data wait count training time only (`aside` takes evaluations and saves out)."""
 
     def __init__(self, fetch, step: int, batch_size: int):
         self._fetch, self._batch_size = fetch, batch_size
         self._metrics: list[dict] = []
         self._step, self._time = step, time.perf_counter()
-        self._waited = 0.0
+        self._waited = self._aside = 0.0
 
     def add(self, metrics: dict) -> None:
         self._metrics.append(metrics)
 
-    def waited(self, seconds: float) -> None:
-        """Counts time the loop spent waiting for the next batch."""
-        self._waited += seconds
+    def waited(self, seconds: float, previous: dict | None) -> None:
+        """Counts `seconds` spent fetching the next batch as waiting for data if the step that
+        gave `previous` (its metrics; None: no step before) had finished by then: while it was
+        still running the fetch cost the devices nothing (steps are dispatched asynchronously).
+        At most the devices' idle time: they may have finished during the fetch."""
+        if previous is None or all(x.is_ready() for x in jax.tree.leaves(previous)):
+            self._waited += seconds
+
+    @contextlib.contextmanager
+    def aside(self, state):
+        """Leaves the time inside (an evaluation, a checkpoint save) out of images per second and
+        data wait, after waiting for `state`: the steps dispatched before count as training."""
+        jax.block_until_ready(state)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._aside += time.perf_counter() - start
 
     def restart_clock(self, step: int) -> None:
         """Measures images per second (and data wait) from now and `step` on: after the first
         step, whose time is compilation."""
-        self._step, self._time, self._waited = step, time.perf_counter(), 0.0
+        self._step, self._time, self._waited, self._aside = step, time.perf_counter(), 0.0, 0.0
 
     def check(self, *, stop: bool) -> int:
         """The number of pending non-finite steps; with `stop`, raises DivergedError naming the
@@ -117,9 +133,10 @@ class PendingMetrics:
 
     def flush(self, step: int, *, stop: bool) -> tuple[dict[str, float], float | None]:
         """(mean metrics of the pending steps with their non-finite count and `data_wait`, the
-        fraction of the time spent waiting for batches; images per second) up to `step`; the
-        pending list starts again. Images per second is None when the clock restarted at
-        `step` (nothing to measure)."""
+        fraction of the training time the devices waited for batches; images per second of
+        training time, evaluations and saves left out) up to `step`; the pending list starts
+        again. Images per second is None when the clock restarted at `step` (nothing to
+        measure)."""
         nonfinite = self.check(stop=stop)
         keys = [k for k in self._metrics[0] if k != "finite"]
         means = {k: float(np.mean([self._fetch(m[k]) for m in self._metrics])) for k in keys}
@@ -127,9 +144,11 @@ class PendingMetrics:
             means["learning_rate"] = float(self._fetch(self._metrics[-1]["learning_rate"]))
         now = time.perf_counter()
         steps = step - self._step  # 0 when only the first step (its compilation) is pending
-        img_per_sec = steps * self._batch_size / (now - self._time) if steps else None
-        data_wait = self._waited / (now - self._time)
-        self._metrics, self._step, self._time, self._waited = [], step, now, 0.0
+        training = max(now - self._time - self._aside, 1e-9)
+        img_per_sec = steps * self._batch_size / training if steps else None
+        data_wait = min(self._waited / training, 1.0)
+        self._metrics, self._step, self._time = [], step, now
+        self._waited = self._aside = 0.0
         return {**means, "nonfinite_steps": nonfinite, "data_wait": data_wait}, img_per_sec
 
 
