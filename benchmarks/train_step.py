@@ -27,8 +27,12 @@ time (trace_seconds of it: tracing and lowering to StableHLO, before XLA), XLA's
 (temporaries + arguments of the compiled step), inference img/s (--inference), XLA's own FLOP
 count of the unrolled, unsharded step (--xla-check) and the img/s of the training loader at
 that size (--loader DATA_DIR, on the embedded digits). With --timm (the optional `timm`
-extra), timm's model of the same size, resolution, batch and precision (eager; torch.autocast
-to bf16 when dtype=bfloat16) is timed in the same rounds. --host-memory keep sets this
+extra), timm's VisionTransformer of each contender's architecture (sizes, patch, classes,
+pooling, activation, dropout rates: `timm_kwargs`), at the same resolution, batch and precision
+(eager; torch.autocast to the contender's dtype unless float32), with AdamW and the same
+gradient clipping, is timed in the same rounds, and each contender gets `speed_vs_timm`, paired
+by round like speed_vs_first (a contender timm has no counterpart of, e.g. posemb=relative,
+gets none). --host-memory keep sets this
 process's malloc, and timm's worker's, to keep freed memory (as vit-train --host_memory=keep: the
 step's temporaries stop page-faulting at every step).
 
@@ -55,11 +59,10 @@ from vit_jax.train import command_line, cost, host_memory, optim, parallel
 from vit_jax.train.config import base_config, model_config
 from vit_jax.train.folders import writable_folder
 from vit_jax.train.state import create_state, init_params
-from vit_jax.train.step import make_eval_step, make_train_step
+from vit_jax.train.step import make_eval_step, make_train_step, run_train_step
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SETTLE_SECONDS = 1.0
-TIMM_SIZES = {"Ti": "tiny", "S": "small", "B": "base", "L": "large", "H": "huge"}
 
 
 def parse_value(text: str):
@@ -151,11 +154,14 @@ class Contender:
     infer_times: list[float] = dataclasses.field(default_factory=list)
 
 
-def random_batch(batch: int, image_size: int, seed: int = 0) -> dict:
+def random_batch(
+    batch: int, height: int, width: int | None = None, num_classes: int = 1000, seed: int = 0
+) -> dict:
     rng = np.random.default_rng(seed)
+    shape = (batch, height, height if width is None else width, 3)
     return {
-        "image": rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype(np.float32),
-        "label": rng.integers(0, 1000, (batch,)).astype(np.int32),
+        "image": rng.uniform(-1, 1, shape).astype(np.float32),
+        "label": rng.integers(0, num_classes, (batch,)).astype(np.int32),
     }
 
 
@@ -179,25 +185,26 @@ def ours(
     inference: bool,
     xla_check: bool,
     compiler_options: dict | None = None,
+    checked: cost.Planned | None = None,
 ) -> Contender:
-    """The project's train step for `config`, placed and compiled as the training loop does."""
-    planned = cost.check_config(config, jax.device_count())
+    """The project's train step for `config` (`checked`: its `cost.check_config`, if made
+    already), placed and compiled as the training loop does."""
+    planned = checked or cost.check_config(config, jax.device_count())
     model, train = planned.model, planned.train
     tx, schedule = optim.make_optimizer(planned.optimizer, train.total_steps)
     par = parallel.make(train.parallel, mesh=config.mesh, options=planned.sharding)
     rng = jax.random.PRNGKey(0)
     abstract = cost.abstract_train_state(model, tx)
     shardings = par.state_shardings(abstract)
-    step_fn = make_train_step(
-        model, tx, schedule, grad_accum_steps=train.grad_accum_steps, axis_name=par.axis_name
-    )
+    step_fn = run_train_step(model, train, tx, schedule, axis_name=par.axis_name)
     train_step = par.compile_train(step_fn, shardings)
     state = par.put_state(
         jax.jit(lambda r: create_state(init_params(model, r, 3), tx, r), out_shardings=shardings)(
             rng
         )
     )
-    batch = par.put_batch(random_batch(train.batch_size, image_size))
+    labels = {"num_classes": model.num_classes}
+    batch = par.put_batch(random_batch(train.batch_size, image_size, **labels))
     start = time.perf_counter()
     lowered = train_step.lower(state, batch)
     traced = time.perf_counter()
@@ -230,7 +237,7 @@ def ours(
     if inference:
         eval_batch = par.put_batch(
             {
-                **random_batch(train.batch_size, image_size),
+                **random_batch(train.batch_size, image_size, **labels),
                 "mask": np.ones(train.batch_size, np.float32),
             }
         )
@@ -265,24 +272,71 @@ def xla_check_flops(
     }
 
 
+class NoTimmCounterpart(ValueError):
+    """A model timm's VisionTransformer cannot reproduce (another position embedding, ...)."""
+
+
+def timm_kwargs(model) -> dict:
+    """Keyword arguments of timm's VisionTransformer for the same architecture as `model` (a
+    resolved VisionTransformer of ours): sizes, patch, classes, pooling, activation, dropout
+    rates. Implementation choices of ours (dtype, attention_impl, scan, remat_policy,
+    patch_embed, param_dtype) cost timm nothing to match. Raises NoTimmCounterpart naming the
+    field timm has no counterpart of."""
+    if model.posemb not in ("learned", "none"):
+        raise NoTimmCounterpart(f"posemb={model.posemb}")
+    if model.representation_size is not None:
+        raise NoTimmCounterpart(f"representation_size={model.representation_size}")
+    pools = {"token": ("token", True), "gap": ("avg", False), "map": ("map", False)}
+    if model.classifier not in pools:
+        raise NoTimmCounterpart(f"classifier={model.classifier}")
+    global_pool, class_token = pools[model.classifier]
+    return {
+        "img_size": list(model.image_size),
+        "patch_size": list(model.patch_size),
+        "embed_dim": model.hidden_size,
+        "depth": model.num_layers,
+        "num_heads": model.num_heads,
+        "mlp_ratio": model.mlp_dim / model.hidden_size,
+        "num_classes": model.num_classes,
+        "global_pool": global_pool,
+        "class_token": class_token,
+        "pos_embed": "learn" if model.posemb == "learned" else "none",
+        "act_layer": model.activation,  # timm's names: gelu, gelu_tanh
+        "proj_drop_rate": model.dropout_rate,
+        "attn_drop_rate": model.attention_dropout_rate,
+        "drop_path_rate": model.stochastic_depth,
+    }
+
+
+def timm_name(kwargs: dict, dtype: str, base: dict) -> str:
+    """'timm (float32)', or with the architecture fields that differ from the base model's
+    timm counterpart: 'timm (float32, act_layer=gelu)'."""
+    differ = [f"{k}={v}" for k, v in kwargs.items() if base.get(k) != v]
+    return f"timm ({', '.join([dtype, *differ])})"
+
+
 def timm_contender(
     name: str,
-    model: str,
-    image_size: int,
+    kwargs: dict,
     batch: int,
     dtype: str,
     *,
+    flops_per_step: int,
+    grad_clip_norm: float | None,
     inference: bool,
     host_memory_policy: str = "system",
 ) -> Contender:
-    """timm's ViT of the same size in eager PyTorch with AdamW (bf16 autocast if asked), run in
-    a worker process (`timm_worker`) so that PyTorch's and XLA's thread pools never compete:
-    each process sleeps while the other is timed. The worker's malloc follows
-    `host_memory_policy`, as ours does (--host-memory)."""
+    """timm's VisionTransformer built with `kwargs` (`timm_kwargs`), in eager PyTorch with
+    AdamW and our gradient clipping, torch.autocast to `dtype` unless float32, on the GPU when
+    JAX runs on one, in a worker process (`timm_worker`) so that PyTorch's and XLA's thread
+    pools never compete: each process sleeps while the other is timed. The worker's malloc
+    follows `host_memory_policy`, as ours does (--host-memory). Its model FLOPs are ours for
+    the same architecture, `flops_per_step`."""
     import subprocess
 
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    spec = json.dumps([model, image_size, batch, dtype, host_memory_policy])
+    device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+    spec = json.dumps([kwargs, batch, dtype, grad_clip_norm, device, host_memory_policy])
     worker = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--timm-worker", spec],
         stdin=subprocess.PIPE,
@@ -302,7 +356,7 @@ def timm_contender(
         name,
         lambda: ask("step"),
         batch,
-        {"model_flops_per_step": None, **info},
+        {"model_flops_per_step": flops_per_step, "dtype": dtype, **info},
         (lambda: ask("infer")) if inference else None,
     )
 
@@ -310,37 +364,46 @@ def timm_contender(
 def timm_worker(spec: str) -> int:
     """The worker process of `timm_contender`: builds the model, then runs one train step or
     forward pass per line read ("step" / "infer") and answers "ok"."""
-    model, image_size, batch, dtype, policy = json.loads(spec)
+    kwargs, batch, dtype, clip, device, policy = json.loads(spec)
     host_memory.apply(policy)  # before PyTorch starts its threads
-    import timm
     import torch
+    from timm.models.vision_transformer import VisionTransformer
 
     torch.set_num_threads(os.cpu_count() or 1)
-    size, patch = model.split("/")
-    timm_name = f"vit_{TIMM_SIZES[size]}_patch{patch}_224"
-    net = timm.create_model(timm_name, img_size=image_size, num_classes=1000)
+    net = VisionTransformer(**kwargs).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
-    data = random_batch(batch, image_size)
-    images = torch.from_numpy(data["image"]).permute(0, 3, 1, 2).contiguous()
-    labels = torch.from_numpy(data["label"]).long()
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    data = random_batch(batch, *kwargs["img_size"], num_classes=kwargs["num_classes"])
+    images = torch.from_numpy(data["image"]).permute(0, 3, 1, 2).contiguous().to(device)
+    labels = torch.from_numpy(data["label"]).long().to(device)
+    autocast = lambda: torch.autocast(
+        device, dtype=getattr(torch, dtype), enabled=dtype != "float32"
+    )
+    synchronize = torch.cuda.synchronize if device == "cuda" else lambda: None
 
     def step():
         net.train()
         with autocast():
             loss = torch.nn.functional.cross_entropy(net(images), labels)
         loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        synchronize()
 
     def infer():
         net.eval()
         with torch.no_grad(), autocast():
             net(images)
+        synchronize()
 
     step()
     infer()
-    info = {"timm_model": timm_name, "num_params": sum(p.numel() for p in net.parameters())}
+    shape = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    info = {
+        "timm_model": f"VisionTransformer({shape})",
+        "num_params": sum(p.numel() for p in net.parameters()),
+    }
     print(json.dumps(info), flush=True)
     for line in sys.stdin:
         {"step": step, "infer": infer}[line.strip()]()
@@ -380,14 +443,7 @@ def report(c: Contender, matmul_peak: float, published: float | None, base: Cont
         "step_seconds_min": float(np.min(c.times)),
         "rounds": len(c.times),
         "step_seconds_by_round": [float(t) for t in c.times],
-        # Paired: each round's ratio of img/s to the first contender's in that round, then the
-        # median, so that a round in which the machine was slow for everyone does not tilt it.
-        "speed_vs_first": float(
-            np.median(
-                (c.images_per_step / np.asarray(c.times))
-                / (base.images_per_step / np.asarray(base.times))
-            )
-        ),
+        "speed_vs_first": paired_speed(c, base),
         "batch": c.images_per_step,
         **c.info,
         "matmul_peak_flops": matmul_peak,
@@ -403,17 +459,15 @@ def report(c: Contender, matmul_peak: float, published: float | None, base: Cont
     return record
 
 
-def add_timm_ratios(records: list[dict], flops_per_image: float) -> None:
-    """timm runs the same architecture: gives its records the same model FLOPs per image (and
-    MFU), and each of ours `speed_vs_timm`, its img/s over timm's at the same dtype."""
-    timm = {r["name"]: r for r in records if "timm_model" in r}
-    for r in records:
-        if "timm_model" in r:
-            r["model_flops_per_step"] = flops_per_step = flops_per_image * r["batch"]
-            per_device = flops_per_step / r["step_seconds"] / cost.peak_holders()
-            r["mfu_vs_matmul_peak"] = cost.mfu(per_device, r["matmul_peak_flops"])
-        elif f"timm ({r['dtype']})" in timm:
-            r["speed_vs_timm"] = r["img_per_sec"] / timm[f"timm ({r['dtype']})"]["img_per_sec"]
+def paired_speed(c: Contender, other: Contender) -> float:
+    """c's img/s over `other`'s, paired: each round's ratio, then the median, so that a round
+    in which the machine was slow for everyone does not tilt it."""
+    return float(
+        np.median(
+            (c.images_per_step / np.asarray(c.times))
+            / (other.images_per_step / np.asarray(other.times))
+        )
+    )
 
 
 def format_table(records: list[dict]) -> str:
@@ -445,51 +499,76 @@ def format_table(records: list[dict]) -> str:
 
 @dataclasses.dataclass
 class Planned:
-    """One contender of ours, checked but not yet built: its name, overrides and config."""
+    """One contender of ours, checked but not yet built: its name, overrides, config, its
+    `cost.check_config`, XLA options and, with --timm, timm's counterpart (`timm_kwargs`; None
+    if timm has none, `no_timm` says why)."""
 
     name: str
     overrides: dict
     config: object
+    checked: cost.Planned
     compiler_options: dict
+    timm: dict | None = None
+    no_timm: str | None = None
 
 
 def plan(args, image_size: int) -> list[Planned]:
-    """Every contender at `image_size`, each config checked (`cost.check_config`) and each XLA
-    option tried, so that a mistake in any of them is one message before anything compiles."""
+    """Every contender at `image_size`, each config checked (`cost.check_config`), each XLA
+    option tried and, with --timm, timm's counterpart found, so that a mistake in any of them
+    is one message before anything compiles."""
     base = parse_overrides(args.set or "")
     planned = []
     for spec in args.compare or [""]:
         overrides = {**base, **parse_overrides(spec)}
         config = make_config(args.model, image_size, args.batch, overrides)
-        cost.check_config(config, jax.device_count())
-        planned.append(Planned(spec or "vit_jax", overrides, config, xla_options(overrides)))
+        checked = cost.check_config(config, jax.device_count())
+        p = Planned(spec or "vit_jax", overrides, config, checked, xla_options(overrides))
+        if args.timm:
+            try:
+                p.timm = timm_kwargs(checked.model)
+            except NoTimmCounterpart as e:
+                p.no_timm = str(e)
+        planned.append(p)
+    if args.timm and all(p.timm is None for p in planned):
+        raise ValueError(
+            f"--timm: timm's VisionTransformer has no counterpart of {planned[0].no_timm} (it "
+            "reproduces learned or no position embeddings, the token/gap/map classifiers and "
+            "no representation layer): drop --timm, or compare such a model with --compare."
+        )
     return planned
 
 
 def run(args, image_size: int, planned: list[Planned]) -> list[dict]:
     """Builds, times and reports the `planned` contenders (and timm's) at `image_size`."""
-    contenders = []
+    contenders, counterpart = [], {}  # our contender's name -> its timm contender's name
+    base = next((p.timm for p in planned if p.timm is not None), {})
     for p in planned:
         print(f"compiling {p.name} at {image_size} px ...", file=sys.stderr, flush=True)
-        contenders.append(
-            ours(
-                p.name,
-                p.config,
-                image_size,
-                inference=args.inference,
-                xla_check=args.xla_check,
-                compiler_options=p.compiler_options,
-            )
+        ours_contender = ours(
+            p.name,
+            p.config,
+            image_size,
+            inference=args.inference,
+            xla_check=args.xla_check,
+            compiler_options=p.compiler_options,
+            checked=p.checked,
         )
+        contenders.append(ours_contender)
+        if p.timm is None:
+            if args.timm:
+                print(f"{p.name}: no timm ratio (timm has no {p.no_timm})", file=sys.stderr)
+            continue
         dtype = str(p.config.model.dtype)
-        if args.timm and not any(c.name == f"timm ({dtype})" for c in contenders):
+        name = counterpart[p.name] = timm_name(p.timm, dtype, base)
+        if not any(c.name == name for c in contenders):
             contenders.append(
                 timm_contender(
-                    f"timm ({dtype})",
-                    args.model,
-                    image_size,
+                    name,
+                    p.timm,
                     args.batch,
                     dtype,
+                    flops_per_step=ours_contender.info["model_flops_per_step"],
+                    grad_clip_norm=p.checked.optimizer.grad_clip_norm,
                     inference=args.inference,
                     host_memory_policy=args.host_memory,
                 )
@@ -497,9 +576,14 @@ def run(args, image_size: int, planned: list[Planned]) -> list[dict]:
     peaks = time_rounds(contenders, args.rounds, args.steps)
     device = jax.devices()[0]
     published = cost.published_peak_flops(device.device_kind) if device.platform != "cpu" else None
-    records = [report(c, max(peaks), published, contenders[0]) for c in contenders]
-    first = contenders[0]
-    add_timm_ratios(records, first.info["model_flops_per_step"] / first.images_per_step)
+    by_name = {c.name: c for c in contenders}
+    records = []
+    for c in contenders:
+        record = report(c, max(peaks), published, contenders[0])
+        if c.name in counterpart:  # paired by round, as speed_vs_first
+            record["speed_vs_timm"] = paired_speed(c, by_name[counterpart[c.name]])
+            record["timm_counterpart"] = counterpart[c.name]
+        records.append(record)
     for r in records:
         r.update(
             image_size=image_size,

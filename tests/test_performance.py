@@ -488,6 +488,60 @@ def test_benchmark_speed_ratio_pairs_the_contenders_round_by_round():
     assert record["speed_vs_first"] == 1.0 and record["batch"] == 16
 
 
+def test_benchmark_builds_timm_of_each_contenders_architecture():
+    """timm's counterpart follows the architecture (not our implementation choices), a
+    contender timm cannot reproduce gets no timm ratio, and --timm with none at all is one
+    error before anything compiles."""
+    import argparse
+
+    bench = _benchmark_module()
+    args = argparse.Namespace(
+        model="Ti/16", batch=8, set="num_layers=2", timm=True,
+        compare=[
+            "", "activation=gelu,classifier=gap", "posemb=relative", "dtype=bfloat16,scan=True"
+        ],
+    )  # fmt: skip
+    planned = bench.plan(args, 32)
+    base = planned[0].timm
+    assert base == {
+        "img_size": [32, 32], "patch_size": [16, 16], "embed_dim": 192, "depth": 2,
+        "num_heads": 3, "mlp_ratio": 4.0, "num_classes": 1000, "global_pool": "token",
+        "class_token": True, "pos_embed": "learn", "act_layer": "gelu_tanh",
+        "proj_drop_rate": 0.0, "attn_drop_rate": 0.0, "drop_path_rate": 0.0,
+    }  # fmt: skip
+    assert planned[1].timm == {
+        **base, "act_layer": "gelu", "global_pool": "avg", "class_token": False
+    }  # fmt: skip
+    assert planned[2].timm is None and planned[2].no_timm == "posemb=relative"
+    assert planned[3].timm == base  # dtype and scan are ours to choose: the same timm model
+    assert bench.timm_name(planned[1].timm, "float32", base) == (
+        "timm (float32, global_pool=avg, class_token=False, act_layer=gelu)"
+    )
+    args.set, args.compare = "posemb=rope_axial", None
+    with pytest.raises(ValueError, match="--timm: timm's VisionTransformer has no counterpart of"):
+        bench.plan(args, 32)
+    # timm's ratio is paired round by round, as speed_vs_first
+    info = {"model_flops_per_step": 10**9}
+    ours = bench.Contender("a", None, 8, info, times=[1.0, 3.0, 1.0])
+    timm = bench.Contender("timm", None, 8, info, times=[2.0, 2.0, 2.0])
+    assert bench.paired_speed(ours, timm) == 2.0  # a ratio of medians would say 1.0
+
+
+def test_timm_counterpart_has_our_parameter_count():
+    """The same architecture, parameter for parameter (timm and torch are optional)."""
+    pytest.importorskip("timm", reason="timm (and torch) not installed: pip install -e '.[timm]'")
+    from timm.models.vision_transformer import VisionTransformer
+
+    bench = _benchmark_module()
+    for overrides in ({}, {"classifier": "gap", "activation": "gelu"}, {"classifier": "map"}):
+        model = models.create(
+            "Ti/8", num_classes=10, image_size=32, num_layers=2, **overrides
+        )  # fmt: skip
+        ours = sum(x.size for x in jax.tree.leaves(random_params(model)))
+        timm = sum(p.numel() for p in VisionTransformer(**bench.timm_kwargs(model)).parameters())
+        assert timm == ours, overrides
+
+
 def test_benchmark_reads_values_as_their_fields_types():
     bench = _benchmark_module()
     overrides = bench.parse_overrides("representation_size=None,posemb=none,batch_size=4")

@@ -31,7 +31,7 @@ more than this machine has):
   parameters) in bytes per device, from the abstract train state (`jax.eval_shape`: nothing is
   allocated) and the placement rule of `vit_jax.train.sharding.state_specs`. A leaf split over
   the fsdp axis holds nbytes / fsdp on each device, a replicated leaf all of it.
-- The activation peak, estimated: the project's own train step (`make_train_step`, the one
+- The activation peak, estimated: the project's own train step (`run_train_step`, the one
   `vit_jax.main` runs) is lowered and compiled for the per-device batch (global batch / devices)
   on ONE local device with abstract inputs, and XLA's `memory_analysis()` gives its temporary
   buffers (`temp_size_in_bytes`: the activations kept for the backward pass, the gradients and
@@ -67,7 +67,7 @@ from vit_jax.train import optim, sharding
 from vit_jax.train.config import SECTIONS, TrainOptions, validate
 from vit_jax.train.sharding import FSDP, MeshOptions, ShardingOptions
 from vit_jax.train.state import KEY_SHAPE, create_state, init_params
-from vit_jax.train.step import make_train_step
+from vit_jax.train.step import run_train_step
 
 DEFAULT_NUM_CLASSES = 1000  # an unset model.num_classes (the dataset's at train time)
 CHANNELS = 3  # RGB: where no dataset says otherwise (the benchmark's ImageNet-like batches)
@@ -375,17 +375,10 @@ def check_config(config: ml_collections.ConfigDict, devices: int) -> Planned:
 
 
 def step_memory(planned: Planned, tx, schedule, abstract_state, batch: int) -> dict | None:
-    """`compiled_step_memory` of the project's train step (`make_train_step`, with the run's
+    """`compiled_step_memory` of the project's train step (`run_train_step`: with the run's
     label smoothing, mixup and gradient accumulation) for the per-device `batch`."""
-    model, train = planned.model, planned.train
-    step = make_train_step(
-        model,
-        tx,
-        schedule,
-        label_smoothing=train.label_smoothing,
-        mixup_alpha=train.mixup_alpha,
-        grad_accum_steps=train.grad_accum_steps,
-    )
+    model = planned.model
+    step = run_train_step(model, planned.train, tx, schedule)
     batch = abstract_batch(batch, model.image_size, planned.channels)
     return compiled_step_memory(step, abstract_state, batch)
 

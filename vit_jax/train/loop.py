@@ -36,7 +36,7 @@ from vit_jax.train.parallel import to_host
 from vit_jax.train.profiling import StepProfiler
 from vit_jax.train.reporting import PendingMetrics, Reporter, format_duration
 from vit_jax.train.state import check_params, create_state, init_params
-from vit_jax.train.step import make_eval_step, make_train_step, mean_iou
+from vit_jax.train.step import make_eval_step, mean_iou, run_train_step
 from vit_jax.train.stopping import DivergedError, StopSignals, deadline, writing
 
 
@@ -501,15 +501,7 @@ def compile_steps(run: Run, state):
     settings, par, train = run.settings, run.par, run.settings.train
     shardings = par.state_shardings(state)
     train_step = par.compile_train(
-        make_train_step(
-            settings.model,
-            run.tx,
-            run.schedule,
-            label_smoothing=train.label_smoothing,
-            mixup_alpha=train.mixup_alpha,
-            grad_accum_steps=train.grad_accum_steps,
-            axis_name=par.axis_name,
-        ),
+        run_train_step(settings.model, train, run.tx, run.schedule, axis_name=par.axis_name),
         shardings,
     )
     eval_step = par.compile_eval(

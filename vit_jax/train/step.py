@@ -194,6 +194,21 @@ def make_train_step(
     return train_step
 
 
+def run_train_step(model: nn.Module, train, tx, schedule, *, axis_name: str | None = None):
+    """The train step of a run (the one vit_jax.main runs): `make_train_step` with the run's
+    training options `train` (a `TrainOptions`: label smoothing, mixup, gradient
+    accumulation)."""
+    return make_train_step(
+        model,
+        tx,
+        schedule,
+        label_smoothing=train.label_smoothing,
+        mixup_alpha=train.mixup_alpha,
+        grad_accum_steps=train.grad_accum_steps,
+        axis_name=axis_name,
+    )
+
+
 def make_eval_step(model: nn.Module, *, axis_name: str | None = None):
     """Builds eval_step(params, batch) -> sums over the real (mask == 1) examples:
     {"correct", "loss", "count"}; padding rows count for nothing. A per-patch model
@@ -235,6 +250,7 @@ __all__ = [
     "mixup",
     "patch_targets",
     "per_patch",
+    "run_train_step",
     "smooth",
     "soft_targets",
     "targets_and_classes",
