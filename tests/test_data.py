@@ -358,6 +358,20 @@ def test_bad_config_values(digits_dir):
         open_digits(digits_dir, eval_split="validation")
 
 
+def test_16_bit_grayscale_decodes_as_its_8_bit_picture(tmp_path):
+    """A 16-bit grayscale PNG (values 0-65535) gives the 8-bit image it was made from, gray or
+    as RGB; Pillow's own conversion would clip every value above 255 to white."""
+    gray = np.random.default_rng(0).integers(0, 256, (6, 5), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "16.png")
+    assert Image.open(tmp_path / "16.png").mode in transforms.WIDE_GRAY
+    for rgb in (False, True):
+        want = transforms.decode_image(str(tmp_path / "8.png"), rgb=rgb, where="8")
+        got = transforms.decode_image(str(tmp_path / "16.png"), rgb=rgb, where="16")
+        assert got.dtype == np.uint8 and got.shape == (6, 5, 3 if rgb else 1)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_inception_crop_box_stays_inside_and_respects_area():
     rng = np.random.default_rng(0)
     for _ in range(200):

@@ -133,3 +133,19 @@ def test_a_missing_checkpoint_is_one_error_line(images, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("error: checkpoint")
     assert "does not exist" in captured.err
+
+
+def test_a_per_patch_model_is_one_error_line_naming_the_python_route(images, tmp_path, capsys):
+    """A segmentation checkpoint (classifier="unpooled") has no image-level classes."""
+    path = tmp_path / "seg"
+    fields = {**SMALL, "classifier": "unpooled"}
+    config = {"model": {"variant": "Ti/4", "num_classes": 11, "image_size": 16, **fields}}
+    model = models.create("Ti/4", num_classes=11, image_size=16, **fields)
+    checkpoint.save_orbax_params(path, random_params(model, channels=1), config=config)
+    assert predict.main(["--checkpoint", str(path), images[0]]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert "classifier='unpooled'" in captured.err and "predict_logits" in captured.err
+    opened = checkpoint.open_checkpoint(str(path))
+    image = np.asarray(Image.open(images[0]))[..., None]
+    assert predict.predict_logits(opened, [image], "resize").shape == (1, 16, 11)

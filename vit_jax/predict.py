@@ -115,8 +115,9 @@ def model_input(image: np.ndarray, size: tuple[int, int], channels: int) -> np.n
 
 
 def predict_logits(checkpoint, images: list[np.ndarray], fit: str, size=None) -> np.ndarray:
-    """Logits [len(images), num_classes] of the checkpoint's model for each image, at `size`
-    (H, W), else as `fit` says. The stored parameters are read once and adapted to each
+    """Logits [len(images), num_classes] of the checkpoint's model for each image (a per-patch
+    model, classifier="unpooled": [len(images), patches, num_classes]), at `size` (H, W), else
+    as `fit` says. The stored parameters are read once and adapted to each
     resolution that is needed."""
     import jax
 
@@ -176,6 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vit_jax.checkpoint import open_checkpoint
 
         checkpoint = open_checkpoint(args.checkpoint)
+        if checkpoint.model().classifier == "unpooled":
+            raise ValueError(
+                f"{args.checkpoint} holds a per-patch (segmentation) model, "
+                "classifier='unpooled': it predicts a class for every patch, not for the "
+                "image. vit-predict ranks an image's classes; for the per-patch logits, call "
+                "vit_jax.predict.predict_logits from Python."
+            )
         if args.fit == "adapt" and args.image_size is None:
             patch = checkpoint.model().patch_size
             for name, image in zip(args.images, images, strict=True):

@@ -28,16 +28,26 @@ class UnreadableImageError(ValueError):
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+# Pillow's modes of 16-bit grayscale (a 16-bit PNG opens as "I;16" or "I"): values 0-65535
+WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def decode_image(data: bytes | str | os.PathLike, *, rgb: bool, where: str) -> np.ndarray:
     """Decodes encoded bytes or a file path to uint8 `[h, w, c]`.
 
     With `rgb` every image becomes 3 channels; otherwise grayscale stays `[h, w, 1]` and all other
-    modes become RGB. Raises `UnreadableImageError` naming `where` if Pillow cannot decode it.
+    modes become RGB. 16-bit grayscale is scaled to 8 bits (value / 257). Raises
+    `UnreadableImageError` naming `where` if Pillow cannot decode it.
     """
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
-            keep_gray = not rgb and image.mode in ("L", "1")
-            array = np.asarray(image.convert("L" if keep_gray else "RGB"))
+            if image.mode in WIDE_GRAY:  # Pillow's convert would clip every value above 255
+                array = np.rint(np.asarray(image, np.float64) / 257).clip(0, 255)
+                array = array.astype(np.uint8)
+                array = array if not rgb else np.repeat(array[..., None], 3, axis=-1)
+            else:
+                keep_gray = not rgb and image.mode in ("L", "1")
+                array = np.asarray(image.convert("L" if keep_gray else "RGB"))
     except _DECODE_ERRORS as error:
         raise UnreadableImageError(where, error) from error
     return array[..., None] if array.ndim == 2 else array
