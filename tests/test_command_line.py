@@ -92,6 +92,22 @@ def test_a_file_that_is_no_config_is_refused(tmp_path):
         command_line.load(os.path.join(cli.ROOT, "README.md"))
 
 
+def test_a_get_config_without_argument_or_returning_a_dict_is_read(tmp_path):
+    """ml_collections' plain `def get_config():` is called without one (and refuses a :ARG), a
+    dict becomes a ConfigDict, anything else is one message."""
+    (tmp_path / "plain.py").write_text(
+        "from vit_jax.configs import digits\ndef get_config():\n    return digits.get_config()\n"
+    )
+    assert command_line.load(str(tmp_path / "plain.py")).model.variant == "Ti/4"
+    with pytest.raises(ValueError, match="its get_config\\(\\) takes no argument, so ':x=1'"):
+        command_line.load(f"{tmp_path / 'plain.py'}:x=1")
+    (tmp_path / "dict.py").write_text("def get_config(arg=None):\n    return {'seed': 3}\n")
+    assert command_line.load(str(tmp_path / "dict.py")).seed == 3
+    (tmp_path / "int.py").write_text("def get_config(arg=None):\n    return 3\n")
+    with pytest.raises(ValueError, match="get_config returned 3 \\(int\\), not an ml_collections"):
+        command_line.load(str(tmp_path / "int.py"))
+
+
 def test_a_config_file_giving_a_field_another_type_says_which_and_how(tmp_path):
     (tmp_path / "mine.py").write_text(
         "from vit_jax.train.config import base_config, model_config\n"
@@ -259,6 +275,7 @@ def test_every_command_line_mistake_is_one_error_line_with_status_2(tmp_path):
         "--config.model.posembb=learned": "error: model.posembb is not a field in model (did you",
         "--config.batch_size=big": "error: batch_size='big' is not of type int (e.g. 8).",
         f"--config={own}:scan=maybe": "error: config argument scan='maybe' is not of type bool",
+        "--config.seed=-1": "error: seed=-1 is out of range: it must be in [0, 2147483647].",
     }
     runs = {
         flag: subprocess.Popen(
@@ -297,6 +314,12 @@ def test_help_prints_the_usage_and_every_flag_and_exits_0(tmp_path):
         for name in ("--config", "--workdir", "--coordinator", "--heartbeat_timeout"):
             assert f"  {name}:" in out.stdout or f"  --[no]{name[2:]}:" in out.stdout, name
         assert not (tmp_path / "run").exists()
+
+
+def test_show_config_of_a_config_that_cannot_run_is_one_error_line(tmp_path):
+    out = cli.run(["--config=digits", "--show_config", "--config.total_steps=0"], timeout=120)
+    assert out.returncode == USER_ERROR and out.stdout == ""
+    assert out.stderr == "error: total_steps=0 is out of range: it must be >= 1.\n"
 
 
 def test_show_config_lists_every_field_with_its_value_and_runs_nothing(tmp_path):

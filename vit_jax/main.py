@@ -106,8 +106,9 @@ def train(argv: list[str]) -> None:
     try:
         config = command_line.load(FLAGS.config, argv[1:])
         if FLAGS.show_config:
-            from vit_jax.train.config import describe
+            from vit_jax.train.config import describe, validate
 
+            validate(config)  # a value that would stop the run: one error line, no listing
             print(describe(config))
             sys.exit(stopping.COMPLETED)
         if not FLAGS.workdir:

@@ -57,13 +57,13 @@ class Option:
         """The allowed interval, e.g. "[0, 1)" or ">= 1"; "" when unbounded."""
         if self.low is not None and self.high is not None:
             return (
-                f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                f"{'(' if self.low_open else '['}{_bound(self.low)}, {_bound(self.high)}"
                 f"{')' if self.high_open else ']'}"
             )
         if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
+            return f"{'>' if self.low_open else '>='} {_bound(self.low)}"
         if self.high is not None:
-            return f"{'<' if self.high_open else '<='} {self.high:g}"
+            return f"{'<' if self.high_open else '<='} {_bound(self.high)}"
         return ""
 
     def check(self, value: Any, where: str = "") -> Any:
@@ -149,6 +149,11 @@ def unknown_choice(field: str, value: Any, choices) -> ValueError:
     choices = tuple(choices)
     hint = did_you_mean(value, choices)
     return ValueError(f"{field}={value!r} is unknown{hint}; use one of {choices}.")
+
+
+def _bound(x: float) -> str:
+    """A range's end as written: 2147483647, not 2.14748e+09; 0.5 as 0.5."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def out_of_range(field: str, value: Any, allowed: str) -> ValueError:

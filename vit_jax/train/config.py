@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import math
 import os
 import re
@@ -89,7 +90,9 @@ def timm_to_ours(fields: Mapping[str, Any]) -> dict[str, Any]:
 class TrainOptions:
     """The top-level fields of a training config (the sections are declared elsewhere)."""
 
-    seed: int = option(0, "seed of initialisation, shuffling, augmentation and the step rng")
+    seed: int = option(
+        0, "seed of initialisation, shuffling, augmentation and the step rng", low=0, high=2**31 - 1
+    )
     batch_size: int = option(128, "global training batch, over all devices and hosts", low=1)
     eval_batch_size: int = option(256, "global evaluation batch", low=1)
     total_steps: int = option(1000, "training steps (computed from num_epochs when set)", low=1)
@@ -389,10 +392,17 @@ def config_from_file(path: str, arg: str | None = None) -> ml_collections.Config
     spec = importlib.util.spec_from_file_location(f"vit_jax_config_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if not callable(getattr(module, "get_config", None)):
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
         raise ValueError(f"config file {path} has no get_config(arg=None) function.")
+    takes_arg = bool(inspect.signature(get_config).parameters)
+    if arg is not None and not takes_arg:
+        raise ValueError(
+            f"config file {path}: its get_config() takes no argument, so ':{arg}' cannot go to "
+            "it: drop it (set fields with --config.FIELD=VALUE), or define get_config(arg=None)."
+        )
     try:
-        return module.get_config(arg)
+        config = get_config(arg) if takes_arg else get_config()
     except TypeError as e:  # ml_collections keeps each field's type: `image_size = 32`
         if not (typed := re.match(r"Could not override field '(\w+)'", str(e))):
             raise
@@ -402,6 +412,14 @@ def config_from_file(path: str, arg: str | None = None) -> ml_collections.Config
             "type of its default"
             + ("; it is a (height, width) pair: write e.g. (32, 32)." if pair else ".")
         ) from None
+    if isinstance(config, dict):
+        config = ml_collections.ConfigDict(config)
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(
+            f"config file {path}: get_config returned {config!r:.60} "
+            f"({type(config).__name__}), not an ml_collections.ConfigDict."
+        )
+    return config
 
 
 def sibling_config(config_file: str, name: str, arg: str | None = None):
