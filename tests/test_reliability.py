@@ -465,3 +465,29 @@ def test_an_uncommitted_save_is_never_restored_and_is_cleaned_up(digits_dir, tmp
     assert summary["step"] == 8
     assert 7 in losses_by_step(workdir)  # resumed from 6, not from the uncommitted 8
     assert not [d for d in os.listdir(workdir / "checkpoints") if "tmp" in d]
+
+
+@pytest.mark.parametrize("dst", ["out", "out.NPZ"])
+def test_a_conversion_that_cannot_be_written_is_one_line_status_4_and_leaves_nothing(tmp_path, dst):
+    """vit-convert under a file-size limit (as a full disk): the file named in one error line,
+    status 4 (IO_ERROR), no half-written destination."""
+    import subprocess
+    import sys
+
+    from tests.conftest import random_params
+    from vit_jax import checkpoint, models
+
+    model = models.create("Ti/4", num_classes=10, image_size=16, **{**SMALL, "hidden_size": 64})
+    src = tmp_path / "src"
+    checkpoint.save_orbax_params(src, random_params(model))
+    convert = [sys.executable, "-m", "vit_jax.tools.convert", str(src), str(tmp_path / dst)]
+    result = subprocess.run(  # at most 20 KiB per file
+        ["bash", "-c", 'ulimit -f 20 && exec "$@"', "convert", *convert],
+        env=cli.env(1), cwd=cli.ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == stopping.IO_ERROR, result.stderr[-2000:]
+    # (Orbax's writer threads may print their own tracebacks around it: a known leftover)
+    line = result.stderr[result.stderr.index(f"error: cannot write {tmp_path / dst}") :]
+    line = line.splitlines()[0]
+    assert "(File too large)" in line and "workdir" not in line  # a conversion's advice
+    assert sorted(os.listdir(tmp_path)) == ["src"]

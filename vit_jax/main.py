@@ -128,8 +128,7 @@ def train(argv: list[str]) -> None:
         print(f"error: training diverged: {e}", file=sys.stderr)
         sys.exit(stopping.DIVERGED)
     except stopping.WorkdirWriteError as e:
-        print(f"error: {e.strerror}", file=sys.stderr)
-        sys.exit(stopping.IO_ERROR)
+        sys.exit(stopping.write_error(e))
     sys.exit(stopping.PREEMPTED if summary.get("preempted") else stopping.COMPLETED)
 
 

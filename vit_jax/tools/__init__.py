@@ -9,16 +9,19 @@ import os
 import sys
 from collections.abc import Callable
 
-from vit_jax.train.stopping import user_error
+from vit_jax.train.stopping import WorkdirWriteError, user_error, write_error
 
 
 def run(action: Callable[[], str]) -> int:
     """Prints what `action` returns and gives exit status 0; an error a user can cause (a missing
     or unreadable checkpoint, a config that cannot work) is one line `error: ...` on stderr with
-    the user-error status, 2 (as for vit-train; argparse's usage errors exit with 2 too).
-    Output piped into a reader that stops early (`| head`) ends quietly."""
+    the user-error status, 2 (as for vit-train; argparse's usage errors exit with 2 too); a
+    file that cannot be written (disk full, permissions: `WorkdirWriteError`) is one line with
+    status 4, IO_ERROR. Output piped into a reader that stops early (`| head`) ends quietly."""
     try:
         text = action()
+    except WorkdirWriteError as e:
+        return write_error(e)
     except (FileNotFoundError, ValueError) as e:
         return user_error(e)
     try:

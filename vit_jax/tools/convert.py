@@ -2,7 +2,7 @@
 
 SRC: any checkpoint `load_params` reads: an Orbax checkpoints directory (newest step) or training
 workdir, a step directory, an `.npz` (official ViT or big_vision layout), a Flax msgpack file, an
-http(s):// or gs:// URL or a published name (downloaded once). DST ending in `.npz`: an
+http(s):// or gs:// URL or a published name (downloaded once). DST ending in `.npz` (any case): an
 official-layout .npz (per-block, pre-Linen names; loads in timm's `load_pretrained`; replaced if
 it exists). Otherwise: a params-only Orbax checkpoint DST/0/state that `init_from` and
 `load_params` read, in a new (or empty) directory. The stored model config, if any, is carried
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 
 from vit_jax.checkpoint.npz import export_npz
@@ -20,6 +21,7 @@ from vit_jax.checkpoint.orbax_params import save_orbax_params
 from vit_jax.checkpoint.restore import load_params
 from vit_jax.tools import run
 from vit_jax.train.folders import check_creatable
+from vit_jax.train.stopping import writing
 
 
 def check_destination(dst: str) -> None:
@@ -27,7 +29,7 @@ def check_destination(dst: str) -> None:
     directory, an Orbax destination that is a file or a directory with something in it, or a
     place where no file can be made (under a file, a folder that takes no new files)."""
     check_creatable(dst)
-    if dst.endswith(".npz"):
+    if is_npz(dst):
         if os.path.isdir(dst):
             raise ValueError(f"{dst} is a directory: name an .npz file to write.")
         return
@@ -42,15 +44,34 @@ def check_destination(dst: str) -> None:
         )
 
 
+FIX = "free disk space or fix the permissions, then rerun the same command"
+
+
+def is_npz(dst: str) -> bool:
+    return dst.lower().endswith(".npz")
+
+
 def convert(src: str, dst: str) -> str:
-    """Writes the parameters of `src` to `dst`; returns a one-line summary."""
+    """Writes the parameters of `src` to `dst`; returns a one-line summary. A write that fails
+    (disk full, permissions) raises WorkdirWriteError naming the file and leaves no part of an
+    Orbax destination behind (an .npz is written whole or not at all)."""
     check_destination(dst)
     params, meta = load_params(src)
-    if dst.endswith(".npz"):
-        export_npz(dst, params, config=meta.get("config"))
+    if is_npz(dst):
+        with writing(dst, FIX):
+            export_npz(dst, params, config=meta.get("config"))
         written = dst
     else:
-        written = save_orbax_params(dst, params, config=meta.get("config"))
+        existed = os.path.isdir(dst)  # and empty: check_destination
+        try:
+            with writing(dst, FIX):
+                written = save_orbax_params(dst, params, config=meta.get("config"))
+        except BaseException:
+            for name in os.listdir(dst) if os.path.isdir(dst) else ():
+                shutil.rmtree(os.path.join(dst, name), ignore_errors=True)
+            if not existed and os.path.isdir(dst):
+                os.rmdir(dst)
+            raise
     return f"wrote {written} from {meta['path']} ({meta['format']}, {meta['layout']} layout)"
 
 

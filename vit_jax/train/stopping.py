@@ -35,6 +35,16 @@ COMPLETED, FAULT, USER_ERROR, DIVERGED, IO_ERROR, PREEMPTED = 0, 1, 2, 3, 4, 75
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def write_error(error: WorkdirWriteError) -> int:
+    """Prints `error: cannot write FILE (...)` on one line to stderr and returns IO_ERROR. Then
+    stderr goes to /dev/null for the rest of the process: the writer threads of a failed
+    Orbax save (TensorStore's callbacks into a closed event loop) would otherwise print their
+    tracebacks after that line while the process exits."""
+    print(f"error: {error.strerror or error}", file=sys.stderr, flush=True)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    return IO_ERROR
+
+
 def user_error(error: Exception) -> int:
     """Prints `error: ...` (the message says what to fix; no traceback) on one line to stderr;
     returns USER_ERROR, the exit status of every command for a mistake a user can make."""
@@ -50,9 +60,15 @@ class WorkdirWriteError(OSError):
     """A file of the workdir cannot be written (disk full, permission denied, ...)."""
 
 
+RESUME_FIX = (
+    "free disk space or fix the permissions of the workdir, then rerun the same command to "
+    "resume from the last checkpoint"
+)
+
+
 @contextlib.contextmanager
-def writing(path: str):
-    """Turns a failed write under `path` into one WorkdirWriteError naming the path and the fix
+def writing(path: str, fix: str = RESUME_FIX):
+    """Turns a failed write under `path` into one WorkdirWriteError naming the file and `fix`
     (raised in the caller's thread: nothing waits on a dead writer). OSErrors count, and the
     ValueErrors in which TensorStore (Orbax's writer) reports an OS error code."""
     try:
@@ -65,10 +81,17 @@ def writing(path: str):
             raise
         raise WorkdirWriteError(
             code,
-            f"cannot write {path} ({os.strerror(code)}: {str(e).splitlines()[0][:300]}): free "
-            "disk space or fix the permissions of the workdir, then rerun the same command to "
-            "resume from the last checkpoint",
+            f"cannot write {_failed_file(e) or path} ({os.strerror(code)}): {fix}",
         ) from e
+
+
+def _failed_file(error: Exception) -> str | None:
+    """The file a failed write names: an OSError's filename, or the one in a TensorStore error
+    ('... Failed writing: "/path/..." ...')."""
+    if isinstance(error, OSError) and error.filename:
+        return os.fsdecode(error.filename)
+    match = re.search(r'Failed (?:writing|to write)[^"]*"([^"]+)"', str(error))
+    return match.group(1) if match else None
 
 
 def _os_error_code(error: Exception) -> int | None:
