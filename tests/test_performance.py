@@ -335,8 +335,9 @@ def test_compilation_cache_is_used_unless_the_environment_chose_one(tmp_path):
         env=env, capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
-        f"ValueError: compilation_cache_dir={str(tmp_path / 'a_file')!r} cannot be written "
-        "(File exists): name a folder you can write to, or '' to turn the cache off."
+        f"ValueError: compilation_cache_dir={str(tmp_path / 'a_file')!r} cannot be written: "
+        f"{tmp_path / 'a_file'} is a file, not a directory: name a folder you can write to, or "
+        "'' to turn the cache off."
     )
 
 

@@ -223,6 +223,27 @@ def test_eval_counts_every_example_of_a_split_not_divisible_by_the_batch(digits_
         evaluate(model, missing, dataset, batch_size=64)
 
 
+def test_a_workdir_holds_one_run_at_a_time(digits_dir, tmp_path):
+    """While a run holds its workdir (another process: a job submitted twice), a second run
+    stops before it writes anything; a finished run lets go."""
+    import fcntl
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    other = os.open(workdir, os.O_RDONLY)  # another open file: as another process's lock
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        with pytest.raises(ValueError, match="another run is training in .*another --workdir"):
+            train_and_evaluate(tiny_config(digits_dir, total_steps=2), str(workdir))
+        assert not (workdir / "config.json").exists() and not (workdir / "metrics.jsonl").exists()
+    finally:
+        os.close(other)
+    assert train_and_evaluate(tiny_config(digits_dir, total_steps=2), str(workdir))["step"] == 2
+    mine = os.open(workdir, os.O_RDONLY)
+    fcntl.flock(mine, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: no BlockingIOError
+    os.close(mine)
+
+
 def test_training_writes_metrics_tensorboard_config_and_checkpoints(digits_dir, tmp_path):
     workdir = tmp_path / "run"
     config = tiny_config(digits_dir, profile_start_step=3, profile_num_steps=2)
@@ -356,7 +377,7 @@ def test_missing_folder_and_unwritable_workdir_are_reported(digits_dir, tmp_path
     with pytest.raises(ValueError, match="nope"):
         train_and_evaluate(config, str(tmp_path / "run"))
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="cannot be written"):
+    with pytest.raises(ValueError, match="cannot be written: .*file is a file, not a directory"):
         train_and_evaluate(tiny_config(digits_dir), str(tmp_path / "file" / "run"))
     with pytest.raises(ValueError, match="is a URL"):
         train_and_evaluate(tiny_config(digits_dir), "gs://bucket/run")

@@ -1,9 +1,12 @@
 """Folders a run writes into (the workdir, the compilation cache, a benchmark's outputs): made
 if missing and checked to take a file at the start, so that a folder that cannot be written is
-one message before any expensive work, not a traceback after it."""
+one message before any expensive work, not a traceback after it; and a run's hold on its
+workdir (`held`), so that two runs never write into one."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
 
@@ -13,6 +16,13 @@ def writable_folder(path: str, name: str, fix: str) -> str:
     {path!r} cannot be written (why): {fix}.", if it cannot be made or takes no new file (a
     file in its place, no permission, a read-only disk)."""
     path = os.path.abspath(os.path.expanduser(path))
+    above = path
+    while not os.path.isdir(above) and above != os.path.dirname(above):
+        if os.path.exists(above):
+            raise ValueError(
+                f"{name}={path!r} cannot be written: {above} is a file, not a directory: {fix}."
+            )
+        above = os.path.dirname(above)
     try:
         os.makedirs(path, exist_ok=True)
         _probe(path)
@@ -39,10 +49,35 @@ def check_creatable(path: str) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def held(folder: str, *, enabled: bool = True):
+    """Holds an exclusive lock on the existing `folder` (flock(2) on the directory itself: no
+    file is made) while the block runs; raises ValueError at once if another process holds it.
+    A file system without locks (some network mounts) goes unguarded. `enabled=False` (every
+    process of a multi-host run but the first) holds nothing."""
+    if not enabled:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"another run is training in {folder} (on this machine, or another that shares "
+                "the folder): wait for it to end, or give this run another --workdir."
+            ) from None
+        except OSError:
+            pass  # no locks here: unguarded
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _probe(folder: str) -> None:
     """Makes and removes a nameless file in `folder`; raises OSError if it cannot."""
     with tempfile.TemporaryFile(dir=folder):
         pass
 
 
-__all__ = ["check_creatable", "writable_folder"]
+__all__ = ["check_creatable", "held", "writable_folder"]

@@ -29,7 +29,7 @@ from vit_jax.checkpoint import layout
 from vit_jax.checkpoint import manager as ckpt
 from vit_jax.models import VisionTransformer, paths
 from vit_jax.models.posemb import param_rule
-from vit_jax.train import cost, optim, parallel, provenance, stopping
+from vit_jax.train import cost, folders, optim, parallel, provenance, stopping
 from vit_jax.train.config import Settings, validate, with_dataset
 from vit_jax.train.folders import writable_folder
 from vit_jax.train.parallel import to_host
@@ -269,6 +269,8 @@ def train_and_evaluate(config, workdir: str, dataset: data.Dataset | None = None
         signals = cleanup.enter_context(StopSignals())
         run = set_up(config, workdir, dataset)
         cleanup.callback(close_manager, run)
+        # One run per workdir: a second (a job submitted twice) stops before it writes.
+        cleanup.enter_context(folders.held(run.workdir, enabled=jax.process_index() == 0))
         state, train_iter, resumed = initial_state(run)
         cleanup.callback(getattr(train_iter, "close", lambda: None))
         start_step = int(to_host(state["step"]))
