@@ -55,6 +55,7 @@ import jax
 import numpy as np
 
 from vit_jax.models import zoo
+from vit_jax.tools import ArgumentParser
 from vit_jax.train import command_line, cost, host_memory, optim, parallel
 from vit_jax.train.config import base_config, model_config
 from vit_jax.train.folders import writable_folder
@@ -663,7 +664,7 @@ def output_folders(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="S/16", help="zoo variant, e.g. S/16, B/16, Ti/16")
     parser.add_argument("--image-size", type=at_least_one, default=224)
     parser.add_argument("--batch", type=at_least_one, default=32, help="global batch")

@@ -355,3 +355,23 @@ def test_show_config_lists_every_field_with_its_value_and_runs_nothing(tmp_path)
     assert "Traceback" not in bad.stderr
     missing = cli.run(["--config=digits"], timeout=120)
     assert missing.returncode == 2 and "--workdir is required" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("vit_jax.tools.inspect", [], "the following arguments are required: path"),
+        ("vit_jax.tools.convert", ["only_src"], "the following arguments are required: dst"),
+        ("vit_jax.predict", ["--checkpoint", "c", "--top", "0", "x.png"], "--top must be at"),
+        ("vit_jax.experiments.posemb_study", ["--train-sizes", "a"], "'a' is not whole numbers"),
+    ],
+)
+def test_a_usage_mistake_on_any_command_is_one_error_line(module, argv, message, capsys):
+    """argparse's own errors too: no usage block, status 2, as every other mistake."""
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(module).main(argv)
+    assert exit_.value.code == USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err

@@ -37,9 +37,9 @@ BATCH = 32  # images per forward pass
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m vit_jax.predict", description=__doc__.split("\n")[0]
-    )
+    from vit_jax.tools import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m vit_jax.predict", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--checkpoint", required=True, help="published name, URL, workdir, step dir or file"
     )

@@ -49,6 +49,7 @@ import numpy as np
 from vit_jax import checkpoint, data
 from vit_jax.data import canvas
 from vit_jax.data.digits import NAME as DIGITS
+from vit_jax.tools import ArgumentParser
 from vit_jax.train import command_line, parallel
 from vit_jax.train.config import validate, with_dataset
 from vit_jax.train.loop import evaluate, train_and_evaluate
@@ -475,8 +476,16 @@ def _params(model, workdir: str, dataset: data.Dataset) -> dict:
 # Command line.
 
 
+def whole_numbers(text: str) -> tuple[int, ...]:
+    """--train-sizes: "100,400" -> (100, 400)."""
+    try:
+        return tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not whole numbers, e.g. 100,400") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m vit_jax.experiments.posemb_study",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -493,7 +502,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, help="training size (default 16 digits, 32)")
     parser.add_argument(
         "--train-sizes",
-        type=lambda s: tuple(int(n) for n in s.split(",")),
+        type=whole_numbers,
         help="training-set sizes of the data_size task (default 150,500 and all digits)",
     )
     parser.add_argument(

@@ -5,11 +5,22 @@ Each has a `main(argv=None)` that returns the exit status (tests call it in-proc
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable
 
 from vit_jax.train.stopping import WorkdirWriteError, user_error, write_error
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors (a missing argument, a bad value) are one line,
+    `error: ...`, with status 2, as every other mistake on our command lines; --help shows the
+    usage."""
+
+    def error(self, message: str):
+        print(f"error: {message} (--help shows the usage)", file=sys.stderr)
+        self.exit(2)
 
 
 def run(action: Callable[[], str]) -> int:

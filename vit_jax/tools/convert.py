@@ -11,7 +11,6 @@ along. DST is checked before SRC is read.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -19,7 +18,7 @@ import sys
 from vit_jax.checkpoint.npz import export_npz
 from vit_jax.checkpoint.orbax_params import save_orbax_params
 from vit_jax.checkpoint.restore import load_params
-from vit_jax.tools import run
+from vit_jax.tools import ArgumentParser, run
 from vit_jax.train.folders import check_creatable
 from vit_jax.train.stopping import writing
 
@@ -76,7 +75,7 @@ def convert(src: str, dst: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m vit_jax.tools.convert", description=__doc__.split("\n")[0]
     )
     parser.add_argument("src", help="Orbax checkpoints dir, step dir, or .npz file")

@@ -10,7 +10,6 @@ with shapes (blocks listed once). Only metadata and array headers are read.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import math
 import sys
@@ -20,7 +19,7 @@ from vit_jax.checkpoint.adapt import per_block_shapes
 from vit_jax.checkpoint.report import format_table
 from vit_jax.checkpoint.restore import checkpoint_shapes
 from vit_jax.models import paths
-from vit_jax.tools import run
+from vit_jax.tools import ArgumentParser, run
 
 
 def describe(path: str) -> str:
@@ -54,7 +53,7 @@ def describe(path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m vit_jax.tools.inspect", description=__doc__.split("\n")[0]
     )
     parser.add_argument("path", help="Orbax checkpoints dir, step dir, or .npz file")
