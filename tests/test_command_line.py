@@ -74,8 +74,9 @@ def test_a_variant_override_says_which_sizes_the_config_keeps(capsys):
         ("nope.py", "--config=nope.py is neither a file nor a packaged config: give the path"),
         ("configs/digit.py", "packaged config (did you mean 'digits'?)"),
         ("elsewhere/digits.py", "(did you mean 'digits'?)"),  # the packaged name of a lost path
-        ("digits:scan=1", "config argument 'scan=1' is not KEY=VALUE with KEY in"),
-        ("digits:varient=S/4", "'posemb', 'variant'] (did you mean 'variant'?)."),
+        ("digits:scan=1", "config argument 'scan' is not one this config takes (image_size"),
+        ("digits:scan", "config argument 'scan' is not KEY=VALUE with KEY in"),
+        ("digits:varient=S/4", "posemb, variant) (did you mean 'variant'?)."),
         ("digits:image_size=big", "config argument image_size='big' is not of type int"),
     ],
 )
@@ -239,6 +240,12 @@ def test_timm_names_are_read_and_stored_as_ours():
 def test_timm_model_names_are_a_variant_and_an_image_size(name, variant, size):
     model = model_config(name, 32, num_classes=10)
     assert (model.variant, model.image_size) == (variant, (size, size))
+    from vit_jax import models  # and in Python, the name's size unless one is given
+
+    assert models.create(name, num_classes=10) == models.create(
+        variant, num_classes=10, image_size=size
+    )
+    assert models.create(name, num_classes=10, image_size=448).image_size == (448, 448)
 
 
 def test_split_overrides_takes_both_spellings_and_leaves_the_rest():

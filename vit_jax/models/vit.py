@@ -642,9 +642,10 @@ def create(
     image_size: int | tuple[int, int] | None = None,
     **overrides,
 ) -> VisionTransformer:
-    """Builds a ViT from a zoo string: `create("B/16", num_classes=1000, image_size=224)`.
-    num_classes and image_size are required (they default to None only so that a timm name
-    given instead, img_size=, gets its own message).
+    """Builds a ViT from a zoo string: `create("B/16", num_classes=1000, image_size=224)`, or a
+    timm model name, whose size is the default image_size: `create("vit_base_patch16_224",
+    num_classes=1000)`. num_classes and image_size are required otherwise (they default to
+    None only so that a timm field name given instead, img_size=, gets its own message).
 
     `overrides` set any VisionTransformer field (posemb=, classifier=, patch_embed=, dtype=,
     scan=, num_layers=, ...); the defaults give the official ViT, whose checkpoints map one to one.
@@ -659,6 +660,8 @@ def create(
         )
     if unknown:
         raise unknown_field(f"model.{unknown[0]}", FIELDS)
+    if (timm := zoo.from_timm(variant)) is not None:  # "vit_base_patch16_224": B/16 at 224
+        variant, image_size = timm[0], timm[1] if image_size is None else image_size
     given = {"num_classes": num_classes, "image_size": image_size}
     missing = [name for name, value in given.items() if value is None]
     if missing:
@@ -701,4 +704,5 @@ def build(config) -> VisionTransformer:
         if name not in fields:
             raise ValueError(f"model.{name} must be set: {what}.")
     variant, num_classes, image_size = (fields.pop(name) for name in needed)
+    zoo.decode_variant(variant)  # a config names a zoo variant (a timm name: one message)
     return create(variant, num_classes=num_classes, image_size=image_size, **fields)

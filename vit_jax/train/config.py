@@ -373,10 +373,14 @@ def parse_arg(arg: str | None, **defaults) -> dict:
     values = dict(defaults)
     for item in filter(None, (arg or "").split(",")):
         key, sep, value = item.partition("=")
-        if not sep or key not in defaults:
-            hint = did_you_mean(key, tuple(defaults)) if sep else ""
+        if not sep:
             raise ValueError(
-                f"config argument {item!r} is not KEY=VALUE with KEY in {sorted(defaults)}{hint}."
+                f"config argument {item!r} is not KEY=VALUE with KEY in {sorted(defaults)}."
+            )
+        if key not in defaults:
+            raise ValueError(
+                f"config argument {key!r} is not one this config takes "
+                f"({', '.join(sorted(defaults))}){did_you_mean(key, tuple(defaults))}."
             )
         kind = str if defaults[key] is None else type(defaults[key])
         values[key] = from_text(f"config argument {key}", value, kind)

@@ -581,11 +581,18 @@ def finish(
         "compile_seconds": compile_seconds,
         "img_per_sec": images / after if images and after > 0 else 0.0,
     }
+    if steps_run == 0:
+        trained = "nothing left to train (the checkpoint was at total_steps)"
+    elif steps_run == 1:
+        trained = f"1 step in {format_duration(train_seconds)} (compiling included)"
+    else:
+        trained = (
+            f"{steps_run} steps in {format_duration(train_seconds)} (the first, compiling: "
+            f"{compile_seconds:.1f}s; then {summary['img_per_sec']:,.0f} img/s)"
+        )
     reporter.message(
         f"done: step {final_step}, eval accuracy {result['accuracy']:.4f} on "
-        f"{result['num_examples']} examples, {steps_run} steps in "
-        f"{format_duration(train_seconds)} (the first, compiling: {compile_seconds:.1f}s; "
-        f"then {summary['img_per_sec']:,.0f} img/s)"
+        f"{result['num_examples']} examples, {trained}"
     )
     write_plots(run, state, reporter)
     return summary

@@ -126,8 +126,9 @@ class PendingMetrics:
             raise DivergedError(
                 f"step {self._step + first + 1}: loss={m['loss']}, grad_norm={m['grad_norm']} "
                 "is not finite. The update was skipped and no non-finite state was saved; the "
-                "newest checkpoint is the last finite one. Lower optimizer.learning_rate or "
-                "raise warmup_steps, or set nonfinite='skip' to skip such steps."
+                "newest checkpoint, if any, is the last finite one. Lower "
+                "optimizer.learning_rate or raise warmup_steps, or set nonfinite='skip' to skip "
+                "such steps."
             )
         return finite.count(False)
 
