@@ -156,7 +156,7 @@ class Contender:
 
 
 def random_batch(
-    batch: int, height: int, width: int | None = None, num_classes: int = 1000, seed: int = 0
+    batch: int, height: int, *, width: int | None = None, num_classes: int = 1000, seed: int = 0
 ) -> dict:
     rng = np.random.default_rng(seed)
     shape = (batch, height, height if width is None else width, 3)
@@ -291,13 +291,16 @@ def timm_kwargs(model) -> dict:
     if model.classifier not in pools:
         raise NoTimmCounterpart(f"classifier={model.classifier}")
     global_pool, class_token = pools[model.classifier]
+    mlp_ratio = model.mlp_dim / model.hidden_size
+    if int(model.hidden_size * mlp_ratio) != model.mlp_dim:  # timm's MLP: int(D * ratio)
+        raise NoTimmCounterpart(f"mlp_dim={model.mlp_dim} (not a ratio timm gives back)")
     return {
         "img_size": list(model.image_size),
         "patch_size": list(model.patch_size),
         "embed_dim": model.hidden_size,
         "depth": model.num_layers,
         "num_heads": model.num_heads,
-        "mlp_ratio": model.mlp_dim / model.hidden_size,
+        "mlp_ratio": mlp_ratio,
         "num_classes": model.num_classes,
         "global_pool": global_pool,
         "class_token": class_token,
@@ -310,8 +313,8 @@ def timm_kwargs(model) -> dict:
 
 
 def timm_name(kwargs: dict, dtype: str, base: dict) -> str:
-    """'timm (float32)', or with the architecture fields that differ from the base model's
-    timm counterpart: 'timm (float32, act_layer=gelu)'."""
+    """'timm (float32)', or with the fields (architecture, batch, clipping) that differ from
+    the base contender's timm run: 'timm (float32, act_layer=gelu)'."""
     differ = [f"{k}={v}" for k, v in kwargs.items() if base.get(k) != v]
     return f"timm ({', '.join([dtype, *differ])})"
 
@@ -373,7 +376,8 @@ def timm_worker(spec: str) -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     net = VisionTransformer(**kwargs).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
-    data = random_batch(batch, *kwargs["img_size"], num_classes=kwargs["num_classes"])
+    height, width = kwargs["img_size"]
+    data = random_batch(batch, height, width=width, num_classes=kwargs["num_classes"])
     images = torch.from_numpy(data["image"]).permute(0, 3, 1, 2).contiguous().to(device)
     labels = torch.from_numpy(data["label"]).long().to(device)
     autocast = lambda: torch.autocast(
@@ -450,7 +454,8 @@ def report(c: Contender, matmul_peak: float, published: float | None, base: Cont
         "matmul_peak_flops": matmul_peak,
     }
     flops = c.info.get("model_flops_per_step")
-    per_device = None if flops is None else flops / step_seconds / cost.peak_holders()
+    holders = 1 if "timm_model" in c.info else cost.peak_holders()  # timm runs on one device
+    per_device = None if flops is None else flops / step_seconds / holders
     record["mfu_vs_matmul_peak"] = None if per_device is None else cost.mfu(per_device, matmul_peak)
     record["mfu_vs_published_peak"] = (
         None if per_device is None or published is None else cost.mfu(per_device, published)
@@ -542,7 +547,16 @@ def plan(args, image_size: int) -> list[Planned]:
 def run(args, image_size: int, planned: list[Planned]) -> list[dict]:
     """Builds, times and reports the `planned` contenders (and timm's) at `image_size`."""
     contenders, counterpart = [], {}  # our contender's name -> its timm contender's name
-    base = next((p.timm for p in planned if p.timm is not None), {})
+    runs = {  # what timm's run of each contender is: architecture, batch, clipping
+        p.name: {
+            **p.timm,
+            "batch": p.checked.train.batch_size,
+            "grad_clip_norm": p.checked.optimizer.grad_clip_norm,
+        }
+        for p in planned
+        if p.timm is not None
+    }
+    base = next(iter(runs.values()), {})
     for p in planned:
         print(f"compiling {p.name} at {image_size} px ...", file=sys.stderr, flush=True)
         ours_contender = ours(
@@ -560,16 +574,16 @@ def run(args, image_size: int, planned: list[Planned]) -> list[dict]:
                 print(f"{p.name}: no timm ratio (timm has no {p.no_timm})", file=sys.stderr)
             continue
         dtype = str(p.config.model.dtype)
-        name = counterpart[p.name] = timm_name(p.timm, dtype, base)
+        name = counterpart[p.name] = timm_name(runs[p.name], dtype, base)
         if not any(c.name == name for c in contenders):
             contenders.append(
                 timm_contender(
                     name,
                     p.timm,
-                    args.batch,
+                    runs[p.name]["batch"],
                     dtype,
                     flops_per_step=ours_contender.info["model_flops_per_step"],
-                    grad_clip_norm=p.checked.optimizer.grad_clip_norm,
+                    grad_clip_norm=runs[p.name]["grad_clip_norm"],
                     inference=args.inference,
                     host_memory_policy=args.host_memory,
                 )
@@ -693,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.timm_worker:
         return timm_worker(args.timm_worker)
+    if args.timm:  # on a GPU, XLA would otherwise take 75% of its memory before timm starts
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:  # every mistake that can be found before compiling anything: one line, status 2
         host_memory.apply(args.host_memory)  # first: checking the contenders starts JAX
         zoo.decode_variant(args.model)

@@ -364,12 +364,15 @@ def test_16_bit_grayscale_decodes_as_its_8_bit_picture(tmp_path):
     gray = np.random.default_rng(0).integers(0, 256, (6, 5), dtype=np.uint8)
     Image.fromarray(gray).save(tmp_path / "8.png")
     Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "16.png")
+    Image.fromarray(gray.astype(np.int32)).save(tmp_path / "32.tiff")  # "I" holding 8-bit values
     assert Image.open(tmp_path / "16.png").mode in transforms.WIDE_GRAY
+    assert Image.open(tmp_path / "32.tiff").mode == "I"
     for rgb in (False, True):
         want = transforms.decode_image(str(tmp_path / "8.png"), rgb=rgb, where="8")
-        got = transforms.decode_image(str(tmp_path / "16.png"), rgb=rgb, where="16")
-        assert got.dtype == np.uint8 and got.shape == (6, 5, 3 if rgb else 1)
-        np.testing.assert_array_equal(got, want)
+        for name in ("16.png", "32.tiff"):
+            got = transforms.decode_image(str(tmp_path / name), rgb=rgb, where=name)
+            assert got.dtype == np.uint8 and got.shape == (6, 5, 3 if rgb else 1)
+            np.testing.assert_array_equal(got, want)
 
 
 def test_inception_crop_box_stays_inside_and_respects_area():

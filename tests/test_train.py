@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -229,15 +230,19 @@ def test_a_workdir_holds_one_run_at_a_time(digits_dir, tmp_path):
     import fcntl
 
     workdir = tmp_path / "run"
-    workdir.mkdir()
+    saving = workdir / "checkpoints" / "8.orbax-checkpoint-tmp-1700000000000000" / "state"
+    saving.mkdir(parents=True)  # the first run's save in progress (Orbax tidies such on opening)
+    (saving / "x").write_text("")
     other = os.open(workdir, os.O_RDONLY)  # another open file: as another process's lock
     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
         with pytest.raises(ValueError, match="another run is training in .*another --workdir"):
             train_and_evaluate(tiny_config(digits_dir, total_steps=2), str(workdir))
         assert not (workdir / "config.json").exists() and not (workdir / "metrics.jsonl").exists()
+        assert (saving / "x").exists()  # untouched
     finally:
         os.close(other)
+    shutil.rmtree(workdir / "checkpoints")
     assert train_and_evaluate(tiny_config(digits_dir, total_steps=2), str(workdir))["step"] == 2
     mine = os.open(workdir, os.O_RDONLY)
     fcntl.flock(mine, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: no BlockingIOError

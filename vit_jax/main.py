@@ -108,7 +108,7 @@ def train(argv: list[str]) -> None:
         if FLAGS.show_config:
             from vit_jax.train.config import describe, validate
 
-            validate(config)  # a value that would stop the run: one error line, no listing
+            validate(config, here=False)  # a bad value: one error line (devices: the run's)
             print(describe(config))
             sys.exit(stopping.COMPLETED)
         if not FLAGS.workdir:

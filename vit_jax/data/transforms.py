@@ -29,6 +29,7 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError
 
 
 # Pillow's modes of 16-bit grayscale (a 16-bit PNG opens as "I;16" or "I"): values 0-65535
+# ("I", 32-bit, holding values up to 255 is read as 8-bit)
 WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -42,8 +43,10 @@ def decode_image(data: bytes | str | os.PathLike, *, rgb: bool, where: str) -> n
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
             if image.mode in WIDE_GRAY:  # Pillow's convert would clip every value above 255
-                array = np.rint(np.asarray(image, np.float64) / 257).clip(0, 255)
-                array = array.astype(np.uint8)
+                array = np.asarray(image, np.float64)
+                if image.mode != "I" or array.max(initial=0) > 255:  # "I" may hold 8-bit values
+                    array = np.rint(array / 257)
+                array = array.clip(0, 255).astype(np.uint8)
                 array = array if not rgb else np.repeat(array[..., None], 3, axis=-1)
             else:
                 keep_gray = not rgb and image.mode in ("L", "1")

@@ -96,11 +96,13 @@ def variant_name(
 
 
 def _timm_hint(variant: str) -> str:
-    """For a timm name given where only ours is read (models.create): which one it is."""
+    """For a timm name given where only ours is read (a config's model.variant set in Python):
+    which one it is, and where timm's names are read."""
     timm = from_timm(variant)
     if timm is None:
         return ""
     return (
-        f" ({variant!r} is timm's name for {timm[0]!r} at image_size={timm[1]}; configs and "
-        "--config.model.variant read it)"
+        f" ({variant!r} is timm's name for {timm[0]!r} at image_size={timm[1]}: write "
+        f"{timm[0]!r} here; models.create, --config.model.variant and a config's :ARG read "
+        "timm's names)"
     )

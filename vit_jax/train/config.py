@@ -208,12 +208,13 @@ class Settings:
     sharding: ShardingOptions = ShardingOptions()
 
 
-def validate(config: ml_collections.ConfigDict) -> Settings:
+def validate(config: ml_collections.ConfigDict, *, here: bool = True) -> Settings:
     """Checks every field of every section once, before anything is read or compiled: unknown
     fields (with a did-you-mean), types, choices and ranges, then the rules across fields (the
     batch splits over devices x grad_accum_steps). Raises one ValueError naming the field. The
     rules that need the dataset (its class count, whether its labels are per pixel) are
-    checked by `with_dataset`."""
+    checked by `with_dataset`; `here=False` leaves out those that need this machine's devices
+    (a pod's config listed on a laptop: --show_config)."""
     config = config.copy_and_resolve_references()
     train = _train_options(config)
     if train.init_from:
@@ -226,7 +227,7 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
     sharding_options = read(ShardingOptions, _section(config, "sharding"), "sharding.")
     sharding.parse_overrides(sharding_options.overrides)
     model = _build_model(model_cfg)
-    _check_parallel(train, mesh)
+    _check_parallel(train, mesh, here=here)
     config.lock()
     known = model_cfg.get("num_classes") is not None
     model = model if known else None
@@ -262,16 +263,19 @@ def describe(config: ml_collections.ConfigDict) -> str:
     return "\n\n".join("\n".join(lines) for lines in blocks)
 
 
-def _check_parallel(train: TrainOptions, mesh: MeshOptions) -> None:
-    """The mesh fits the devices, pmap runs without an fsdp axis, batches split evenly."""
-    sharding.mesh_shape(mesh, jax.device_count())
+def _check_parallel(train: TrainOptions, mesh: MeshOptions, *, here: bool = True) -> None:
+    """pmap runs without an fsdp axis; and `here`, the mesh fits this machine's devices and
+    batches split evenly over them."""
+    if here:
+        sharding.mesh_shape(mesh, jax.device_count())
     if train.parallel == "pmap" and mesh.fsdp > 1:
         raise ValueError(
             f"parallel='pmap' replicates the whole state on every device, so it cannot shard it "
             f"over mesh.fsdp={mesh.fsdp}: use parallel='jit' for FSDP, or mesh.fsdp=1."
         )
-    parallel.check_batch_size(train.batch_size, train.grad_accum_steps)
-    parallel.check_batch_size(train.eval_batch_size, field="eval_batch_size")
+    if here:
+        parallel.check_batch_size(train.batch_size, train.grad_accum_steps)
+        parallel.check_batch_size(train.eval_batch_size, field="eval_batch_size")
 
 
 def with_dataset(settings: Settings, info: DatasetInfo) -> Settings:

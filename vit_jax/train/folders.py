@@ -49,12 +49,19 @@ def check_creatable(path: str) -> None:
         ) from None
 
 
+def held_message(folder: str) -> str:
+    return (
+        f"another run is training in {folder}: wait for it to end, or give this run another "
+        "--workdir."
+    )
+
+
 @contextlib.contextmanager
 def held(folder: str, *, enabled: bool = True):
     """Holds an exclusive lock on the existing `folder` (flock(2) on the directory itself: no
     file is made) while the block runs; raises ValueError at once if another process holds it.
-    A file system without locks (some network mounts) goes unguarded. `enabled=False` (every
-    process of a multi-host run but the first) holds nothing."""
+    flock guards the processes of one machine (on NFS another client may not see it); a file
+    system without locks goes unguarded. `enabled=False` holds nothing."""
     if not enabled:
         yield
         return
@@ -63,10 +70,7 @@ def held(folder: str, *, enabled: bool = True):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(
-                f"another run is training in {folder} (on this machine, or another that shares "
-                "the folder): wait for it to end, or give this run another --workdir."
-            ) from None
+            raise ValueError(held_message(folder)) from None
         except OSError:
             pass  # no locks here: unguarded
         yield
@@ -80,4 +84,4 @@ def _probe(folder: str) -> None:
         pass
 
 
-__all__ = ["check_creatable", "held", "writable_folder"]
+__all__ = ["check_creatable", "held", "held_message", "writable_folder"]

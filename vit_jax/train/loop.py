@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from vit_jax import data
 from vit_jax.checkpoint import layout
@@ -158,6 +159,22 @@ def remember_trained_grid(settings: Settings, stored: dict | None = None) -> Set
 COMPUTE_FIELDS = ("dtype", "remat_policy", "attention_impl")
 
 
+def hold_workdir(workdir: str, cleanup: contextlib.ExitStack) -> None:
+    """One run per workdir: process 0 holds it (`folders.held`) until `cleanup` closes; if
+    another run holds it, every process raises the same ValueError (a job submitted twice
+    stops before it touches the first one's files)."""
+    error = None
+    try:
+        cleanup.enter_context(folders.held(workdir, enabled=jax.process_index() == 0))
+    except ValueError as e:
+        error = e
+    held = error is None
+    if jax.process_count() > 1:  # process 0 decides for all
+        held = bool(multihost_utils.broadcast_one_to_all(np.int32(held)))
+    if not held:
+        raise error or ValueError(folders.held_message(workdir))
+
+
 def check_same_run(manager, config_dict: dict, total_steps: int) -> None:
     """Raises ValueError if the workdir's newest checkpoint is of another model (architecture)
     or optimizer, which could not be resumed (use a new workdir, or start from it with
@@ -258,7 +275,8 @@ def train_and_evaluate(config, workdir: str, dataset: data.Dataset | None = None
     exit path, errors included.
 
     Returns the final summary: {"step", "accuracy", "loss", "num_examples", "train_seconds",
-    "compile_seconds", "img_per_sec"} (img/s of the steps after the first, which compiles), or
+    "compile_seconds", "img_per_sec"} (img/s of the steps after the first, which compiles,
+    evaluations and saves left out), or
     {"step", "preempted": True} if the run stopped for a preemption.
     """
     with contextlib.ExitStack() as cleanup:
@@ -267,10 +285,8 @@ def train_and_evaluate(config, workdir: str, dataset: data.Dataset | None = None
         # First in, last out: a stop signal during set-up, compilation or the final save
         # is a request the loop (or completion) answers, never an abrupt death.
         signals = cleanup.enter_context(StopSignals())
-        run = set_up(config, workdir, dataset)
+        run = set_up(config, workdir, dataset, cleanup)  # holds the workdir until the end
         cleanup.callback(close_manager, run)
-        # One run per workdir: a second (a job submitted twice) stops before it writes.
-        cleanup.enter_context(folders.held(run.workdir, enabled=jax.process_index() == 0))
         state, train_iter, resumed = initial_state(run)
         cleanup.callback(getattr(train_iter, "close", lambda: None))
         start_step = int(to_host(state["step"]))
@@ -309,11 +325,17 @@ def removing_if_empty_on_error(directory: str) -> Callable:
     return on_exit
 
 
-def set_up(config, workdir: str, dataset: data.Dataset | None = None) -> Run:
+def set_up(
+    config,
+    workdir: str,
+    dataset: data.Dataset | None = None,
+    cleanup: contextlib.ExitStack | None = None,
+) -> Run:
     """Checks every field, prepares the workdir, opens the dataset (once; or takes `dataset`,
     opened with the same data options) and the checkpoint manager, and refuses a workdir that
     holds a run of another model. With init_from, the model's posemb_grid becomes the
-    checkpoint's trained grid (`remember_trained_grid`)."""
+    checkpoint's trained grid (`remember_trained_grid`). With `cleanup`, the
+    workdir is held (`hold_workdir`) until it closes."""
     settings = validate(config)  # every field of every section, before anything is read
     if dataset is not None and dataset.options != settings.data:
         raise ValueError(
@@ -322,6 +344,8 @@ def set_up(config, workdir: str, dataset: data.Dataset | None = None) -> Run:
         )
     parallel.use_compilation_cache(settings.train.compilation_cache_dir)
     workdir = prepare_workdir(workdir)
+    if cleanup is not None:  # before anything opens the checkpoints (Orbax tidies on opening)
+        hold_workdir(workdir, cleanup)
     if dataset is None:
         dataset = data.open_dataset(settings.data)  # opened once: every loader and eval uses it
     settings = with_dataset(settings, dataset.info)
@@ -392,7 +416,8 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
     a stop is requested (`stopping.stop_requested`: then it saves at once). Raises
     DivergedError at a non-finite step (nonfinite='stop') or state; a checkpoint only ever
     holds a finite state. Returns (state, the compiled eval step, (training seconds, of which
-    compiling the first step), the step the run stopped at, or 0 if it completed)."""
+    compiling the first step, of which evaluating and saving), the step the run stopped at, or
+    0 if it completed)."""
     par, train = run.par, run.settings.train
     start_step = int(to_host(state["step"]))
     reporter.message(describe(run, state, start_step))
@@ -458,11 +483,13 @@ def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSi
             if stop:
                 with saving(run):
                     run.manager.wait_until_finished()
-                return state, eval_step, (time.perf_counter() - train_start, compiling), done
+                timing = (time.perf_counter() - train_start, compiling, pending.aside_seconds)
+                return state, eval_step, timing, done
     finally:  # on an error, the error is the message
         if (profile_note := profiler.close()) and sys.exc_info()[0] is None:
             reporter.message(profile_note)
-    return state, eval_step, (time.perf_counter() - train_start, compiling), 0
+    timing = (time.perf_counter() - train_start, compiling, pending.aside_seconds)
+    return state, eval_step, timing, 0
 
 
 @dataclasses.dataclass
@@ -559,20 +586,20 @@ def finish(
     state,
     eval_step: Callable,
     start_step: int,
-    timing: tuple[float, float],
+    timing: tuple[float, float, float],
     reporter: Reporter,
 ) -> dict:
     """Evaluates the final state, waits for the last save and reports the summary: the
     training time, and img/s of the steps after the first (which compiles), evaluations and
-    saves included, as in the progress lines."""
+    saves left out, as in the progress lines."""
     result = evaluate_run(run, eval_step, state)
     final_step = int(run.par.metric(state["step"]))
     reporter.eval(final_step, "eval", **result)
     with saving(run):
         run.manager.wait_until_finished()
     steps_run = final_step - start_step
-    train_seconds, compile_seconds = timing
-    after = train_seconds - compile_seconds
+    train_seconds, compile_seconds, aside_seconds = timing
+    after = train_seconds - compile_seconds - aside_seconds
     images = max(steps_run - 1, 0) * run.settings.train.batch_size
     summary = {
         "step": final_step,

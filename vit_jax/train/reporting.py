@@ -88,15 +88,16 @@ class PendingMetrics:
         self._metrics: list[dict] = []
         self._step, self._time = step, time.perf_counter()
         self._waited = self._aside = 0.0
+        self.aside_seconds = 0.0  # of the whole run, for its summary
 
     def add(self, metrics: dict) -> None:
         self._metrics.append(metrics)
 
-    def waited(self, seconds: float, previous: dict | None) -> None:
+    def waited(self, seconds: float, previous: dict | None = None) -> None:
         """Counts `seconds` spent fetching the next batch as waiting for data if the step that
         gave `previous` (its metrics; None: no step before) had finished by then: while it was
         still running the fetch cost the devices nothing (steps are dispatched asynchronously).
-        At most the devices' idle time: they may have finished during the fetch."""
+        An upper bound on the devices' idle time: they may have finished during the fetch."""
         if previous is None or all(x.is_ready() for x in jax.tree.leaves(previous)):
             self._waited += seconds
 
@@ -110,6 +111,7 @@ class PendingMetrics:
             yield
         finally:
             self._aside += time.perf_counter() - start
+            self.aside_seconds += time.perf_counter() - start
 
     def restart_clock(self, step: int) -> None:
         """Measures images per second (and data wait) from now and `step` on: after the first

@@ -36,12 +36,17 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def write_error(error: WorkdirWriteError) -> int:
-    """Prints `error: cannot write FILE (...)` on one line to stderr and returns IO_ERROR. Then
-    stderr goes to /dev/null for the rest of the process: the writer threads of a failed
-    Orbax save (TensorStore's callbacks into a closed event loop) would otherwise print their
-    tracebacks after that line while the process exits."""
+    """Prints `error: cannot write FILE (...)` on one line to stderr and returns IO_ERROR. On a
+    command line (stderr is the process's own, not a notebook's or a test's capture) stderr
+    then goes to /dev/null for the rest of the process, which is about to exit: the writer
+    threads of a failed Orbax save (TensorStore's callbacks into a closed event loop) would
+    otherwise print their tracebacks after that line."""
     print(f"error: {error.strerror or error}", file=sys.stderr, flush=True)
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    if sys.stderr is sys.__stderr__:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        except (OSError, ValueError):  # io.UnsupportedOperation is a ValueError
+            pass
     return IO_ERROR
 
 
