@@ -46,6 +46,8 @@ run_background() {
   else
     "$@" &
     pids+=($!)
+    # From the first one on, Ctrl-C or a SIGTERM to this script goes on to every command.
+    trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' INT TERM
   fi
 }
 

@@ -249,11 +249,14 @@ def test_shellcheck():
 def test_ctrl_c_to_a_launch_stops_every_process_with_sigterm(tmp_path):
     # A script's background commands ignore SIGINT: wait_all passes it on as SIGTERM, which a
     # run answers by saving and stopping with status 75.
-    child = 'trap "touch $STOPPED; exit 75" TERM; for _ in {1..200}; do sleep 0.05; done'
+    child = (
+        'trap "touch $STOPPED; exit 75" TERM; touch $READY; for _ in {1..400}; do sleep 0.05; done'
+    )
     (tmp_path / "launch.sh").write_text(
         f"source {shlex.quote(os.path.join(LAUNCH, LIBRARY))}\n"
         + "".join(
-            f"run_background env STOPPED={tmp_path}/stopped{i} bash -c {shlex.quote(child)}\n"
+            f"run_background env STOPPED={tmp_path}/stopped{i} READY={tmp_path}/ready{i} "
+            f"bash -c {shlex.quote(child)}\n"
             for i in range(2)
         )
         + "echo started\nwait_all\n"
@@ -266,9 +269,12 @@ def test_ctrl_c_to_a_launch_stops_every_process_with_sigterm(tmp_path):
     )
     try:
         assert p.stdout.readline() == "started\n"
-        time.sleep(0.5)  # the children have set their traps
+        deadline = time.monotonic() + 30
+        while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+            assert time.monotonic() < deadline, "the children never started"
+            time.sleep(0.05)  # until the children have set their traps
         p.send_signal(signal.SIGINT)
-        assert p.wait(timeout=10) == 75
+        assert p.wait(timeout=15) == 75
         assert sorted(f.name for f in tmp_path.glob("stopped*")) == ["stopped0", "stopped1"]
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -98,8 +98,10 @@ def test_rerunning_a_finished_run_writes_no_second_final_evaluation(digits_dir, 
     out = capsys.readouterr().out
     assert out.count("note: optimizer.warmup_steps=2 is not below") == 1
     # img/s of the summary: the second step's 32 images over its time, the first one compiling
+    # and the final save (evaluations and saves are not training time) left out
     assert 0 < first["compile_seconds"] < first["train_seconds"]
-    after = first["train_seconds"] - first["compile_seconds"]
+    assert 0 < first["eval_and_save_seconds"] < first["train_seconds"]
+    after = first["train_seconds"] - first["compile_seconds"] - first["eval_and_save_seconds"]
     assert first["img_per_sec"] == pytest.approx(32 / after)
     assert f"(the first, compiling: {first['compile_seconds']:.1f}s; then" in out
     again = train_and_evaluate(config, workdir)

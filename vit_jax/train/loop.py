@@ -274,9 +274,9 @@ def train_and_evaluate(config, workdir: str, dataset: data.Dataset | None = None
     summary). The checkpoint manager, the data iterator and the reporter are closed on every
     exit path, errors included.
 
-    Returns the final summary: {"step", "accuracy", "loss", "num_examples", "train_seconds",
-    "compile_seconds", "img_per_sec"} (img/s of the steps after the first, which compiles,
-    evaluations and saves left out), or
+    Returns the final summary: {"step", "accuracy", "loss", "num_examples", "train_seconds"
+    (of which "compile_seconds", the first step, and "eval_and_save_seconds"), "img_per_sec"}
+    (img/s of the steps after the first, evaluations and saves left out), or
     {"step", "preempted": True} if the run stopped for a preemption.
     """
     with contextlib.ExitStack() as cleanup:
@@ -606,6 +606,7 @@ def finish(
         **result,
         "train_seconds": train_seconds,
         "compile_seconds": compile_seconds,
+        "eval_and_save_seconds": aside_seconds,
         "img_per_sec": images / after if images and after > 0 else 0.0,
     }
     if steps_run == 0:
