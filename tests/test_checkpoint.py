@@ -528,6 +528,10 @@ def test_missing_truncated_pickled_and_foreign_files_each_get_one_clear_error(tm
     (tmp_path / "empty").mkdir()
     with pytest.raises(checkpoint.UnreadableCheckpointError, match="is not a checkpoint"):
         checkpoint.load_params(tmp_path / "empty")
+    (tmp_path / "fresh" / "checkpoints" / "2.orbax-checkpoint-tmp").mkdir(parents=True)
+    for fresh in ("fresh", "fresh/checkpoints"):  # a run that has not saved yet
+        with pytest.raises(checkpoint.UnreadableCheckpointError, match="no finished checkpoint"):
+            checkpoint.load_params(tmp_path / fresh)
     assert zipfile.is_zipfile(tmp_path / "good.npz")
 
 

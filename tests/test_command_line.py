@@ -6,12 +6,14 @@ import json
 import os
 import re
 import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from tests import cli
 from vit_jax.options import from_text
-from vit_jax.train import command_line
+from vit_jax.train import command_line, stopping
 from vit_jax.train.config import base_config, model_config, parse_arg, validate
 from vit_jax.train.stopping import USER_ERROR
 
@@ -66,6 +68,8 @@ def test_a_variant_override_says_which_sizes_the_config_keeps(capsys):
     note = capsys.readouterr().err
     assert "num_heads=4, mlp_dim=192" in note and "hidden_size" not in note
     assert "num_layers" not in note
+    command_line.load("digits", [("model.variant", "Q/16")])  # unknown: validate says so, alone
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize(
@@ -310,6 +314,63 @@ def test_a_dataset_not_prepared_is_said_once_with_what_to_do(tmp_path):
     assert out.returncode == USER_ERROR, out.stderr[-2000:]
     assert out.stderr.startswith("error: tfds dataset 'cifar10' is not prepared as array_record")
     assert "download_and_prepare()" in out.stderr and "dataset_info.json" not in out.stderr
+
+
+FAULT_IN_TRAINING = """
+import sys
+import numpy as np
+from vit_jax.train import command_line, loop
+
+def library_fault(config, workdir):  # NumPy refuses: a bug of ours, not the user's mistake
+    return np.zeros(3).reshape(2)
+
+def our_check(config, workdir):  # one of our checks refuses
+    return command_line.load("digits:nope=1")
+
+loop.train_and_evaluate = library_fault if sys.argv[1] == "library" else our_check
+from vit_jax.main import main
+main(["vit-train", "--config=digits", f"--workdir={sys.argv[2]}"])
+"""
+
+
+def test_a_libraries_value_error_in_training_is_a_fault_with_its_traceback(tmp_path):
+    """Status 2 says "fix your config, do not retry": only for the errors our checks raise.
+    A ValueError from inside NumPy/JAX while training keeps its traceback, status 1 (FAULT)."""
+    script = tmp_path / "fault.py"
+    script.write_text(FAULT_IN_TRAINING)
+    ran = {
+        origin: subprocess.run(
+            [sys.executable, str(script), origin, str(tmp_path / origin)],
+            env=cli.env(1),
+            cwd=cli.ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        for origin in ("library", "ours")
+    }
+    assert ran["library"].returncode == stopping.FAULT, ran["library"].stderr[-2000:]
+    assert "Traceback" in ran["library"].stderr and "reshape" in ran["library"].stderr
+    assert ran["ours"].returncode == USER_ERROR, ran["ours"].stderr[-2000:]
+    assert (
+        ran["ours"].stderr == "error: config argument 'nope' is not one this config takes "
+        "(image_size, posemb, variant).\n"
+    )
+
+
+def test_caused_by_user_tells_our_checks_from_library_errors():
+    def raised(action):
+        try:
+            action()
+        except Exception as e:  # the error is what is looked at
+            return e
+        raise AssertionError("nothing raised")
+
+    assert stopping.caused_by_user(raised(lambda: command_line.load("digits:nope=1")))
+    assert stopping.caused_by_user(raised(lambda: open("/nonexistent/file")))
+    assert not stopping.caused_by_user(raised(lambda: np.zeros(3).reshape(2)))
+    assert not stopping.caused_by_user(raised(lambda: 1 / 0))
+    assert stopping.caused_by_user(ValueError("never raised"))
 
 
 def test_help_prints_the_usage_and_every_flag_and_exits_0(tmp_path):

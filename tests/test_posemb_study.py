@@ -165,6 +165,10 @@ def test_unknown_names_fail_before_any_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "learnt" in err and "learned" in err
     assert not (tmp_path / "results.json").exists()
+    fresh = tmp_path / "fresh"  # a folder the failed study created is not left behind
+    assert posemb_study.main(["--out", str(fresh), "--report-only"]) == 2
+    assert "results.json does not exist: run the study" in capsys.readouterr().err
+    assert not fresh.exists()
 
 
 def test_other_data_runs_the_resolution_and_data_size_tasks(tmp_path):

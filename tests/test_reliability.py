@@ -213,7 +213,9 @@ def test_a_checkpoint_with_every_file_damaged_costs_one_line_at_the_command_line
     (moved,) = os.listdir(workdir / "damaged_checkpoints")
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, out.stderr[-3000:]
-    assert "checkpoint 4 cannot be read (ValueError: OUT_OF_RANGE: Error reading" in lines[0]
+    assert lines[0].startswith(
+        "warning: checkpoint 4 cannot be read (ValueError: OUT_OF_RANGE: Error reading"
+    )
     assert f"moved to damaged_checkpoints/{moved}, trying the previous one" in lines[0]
     assert "resumed from" in out.stdout and "at step 2" in out.stdout
 
@@ -328,7 +330,7 @@ def test_a_logged_window_counts_training_time_only(monkeypatch):
     assert pending.aside_seconds == pytest.approx(0.5)  # the run's total, for its summary
 
 
-def test_tensorboard_events_hold_the_scalars_and_mark_a_resume(tmp_path):
+def test_tensorboard_events_hold_the_scalars_and_mark_a_resume(tmp_path, capfd, caplog):
     import struct
 
     from tensorboardX.proto import event_pb2
@@ -337,7 +339,9 @@ def test_tensorboard_events_hold_the_scalars_and_mark_a_resume(tmp_path):
     for start in (0, 3):
         reporter = Reporter(str(tmp_path), total_steps=10, start_step=start)
         reporter.train(start + 1, metrics, 10.0)
+        reporter.train(start + 2, {**metrics, "loss": float("nan")}, 10.0)  # a skipped step
         reporter.close()
+    assert "NaN" not in capfd.readouterr().err + caplog.text  # written as is, no warning line
     events = []
     for name in sorted(os.listdir(tmp_path / "tensorboard")):
         blob = (tmp_path / "tensorboard" / name).read_bytes()
@@ -347,6 +351,7 @@ def test_tensorboard_events_hold_the_scalars_and_mark_a_resume(tmp_path):
             blob = blob[12 + length + 4 :]
     scalars = {(e.step, v.tag): v.simple_value for e in events for v in e.summary.value}
     assert scalars[(1, "train/loss")] == 1.5 and scalars[(4, "train/grad_norm")] == 2.0
+    assert np.isnan(scalars[(5, "train/loss")]) and scalars[(5, "train/accuracy")] == 0.5
     assert any(e.session_log.status == event_pb2.SessionLog.START and e.step == 3 for e in events)
 
 

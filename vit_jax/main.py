@@ -123,6 +123,8 @@ def train(argv: list[str]) -> None:
     try:
         summary = train_and_evaluate(config, FLAGS.workdir)
     except (ValueError, FileNotFoundError) as e:  # user-caused: one clear message, no traceback
+        if not stopping.caused_by_user(e):
+            raise  # a library's ValueError: a fault, with its traceback (status 1)
         sys.exit(stopping.user_error(e))
     except stopping.DivergedError as e:
         print(f"error: training diverged: {e}", file=sys.stderr)

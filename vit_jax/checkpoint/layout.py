@@ -65,6 +65,12 @@ def find_step_dir(path: str) -> tuple[str, int | None]:
     if os.path.isdir(os.path.join(path, CHECKPOINTS)):
         path = os.path.join(path, CHECKPOINTS)
     steps = [int(d) for d in os.listdir(path) if d.isdigit() and is_step_dir(os.path.join(path, d))]
+    if not steps and os.path.basename(path) == CHECKPOINTS:
+        raise UnreadableCheckpointError(
+            f"{path} holds no finished checkpoint yet: a run saves one every "
+            "checkpoint_every_steps and at its end, and a save cut short leaves none. Wait for "
+            "the run's first save, or pass another workdir, step directory or .npz file."
+        )
     if not steps:
         raise UnreadableCheckpointError(
             f"{path} is not a checkpoint: it has neither a '{STATE}' item nor finished step "

@@ -35,6 +35,7 @@ resolution and data-size tasks on that data instead of the digits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -52,8 +53,9 @@ from vit_jax.data.digits import NAME as DIGITS
 from vit_jax.tools import ArgumentParser
 from vit_jax.train import command_line, parallel
 from vit_jax.train.config import validate, with_dataset
-from vit_jax.train.loop import evaluate, train_and_evaluate
+from vit_jax.train.loop import evaluate, removing_if_empty_on_error, train_and_evaluate
 from vit_jax.train.step import make_eval_step
+from vit_jax.train.stopping import caused_by_user, user_error
 
 # Variant label -> model fields. Labels name what the tables and plots show.
 VARIANTS: dict[str, dict] = {
@@ -553,17 +555,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.quick:
         compile_fast_for_quick()
+    out = os.path.abspath(args.out)
     try:
-        check_args(args)
-        out = os.path.abspath(args.out)
-        os.makedirs(out, exist_ok=True)
-        budget = budget_of(args)
-        if not args.report_only:
-            Study(plan(args), budget, out, args.data_dir).run()
-        written = posemb_report.write(out, quick=args.quick)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        with contextlib.ExitStack() as cleanup:
+            if not os.path.exists(out):  # a study that fails leaves no empty --out behind
+                cleanup.push(removing_if_empty_on_error(out))
+            check_args(args)
+            os.makedirs(out, exist_ok=True)
+            budget = budget_of(args)
+            if not args.report_only:
+                Study(plan(args), budget, out, args.data_dir).run()
+            written = posemb_report.write(out, quick=args.quick)
+    except (ValueError, FileNotFoundError) as error:
+        if not caused_by_user(error):
+            raise  # a fault inside a library: its traceback
+        return user_error(error)
     print("wrote " + ", ".join(written))
     return 0
 

@@ -110,6 +110,10 @@ def variant_note(config: ml_collections.ConfigDict, overridden: Sequence[str]) -
     }
     if "variant" not in asked or "model" not in config:
         return None
+    try:
+        zoo.decode_variant(config.model.variant)
+    except ValueError:  # an unknown variant: the config's check says so, without this note
+        return None
     kept = {
         name: config.model.get(name)
         for name in SIZE_FIELDS

@@ -397,7 +397,7 @@ def initial_state(run: Run):
             abstract,
             shardings,
         )
-        state = ckpt.restore_latest(run.manager, placed)
+        state = ckpt.restore_latest(run.manager, placed, report=warn)
     train_iter = iter(
         data.train_loader(
             run.dataset,
@@ -408,6 +408,13 @@ def initial_state(run: Run):
         )
     )
     return state, train_iter, resumed
+
+
+def warn(text: str) -> None:
+    """Something the run goes on after (a damaged checkpoint moved aside): one line on stderr,
+    `warning: ...`, from process 0 (every process would say the same)."""
+    if jax.process_index() == 0:
+        print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
 def train_steps(run: Run, state, train_iter, reporter: Reporter, signals: StopSignals):

@@ -27,7 +27,7 @@ import time
 
 import jax
 import numpy as np
-from tensorboardX.proto import event_pb2
+from tensorboardX.proto import event_pb2, summary_pb2
 
 from vit_jax.train.stopping import DivergedError, writing
 
@@ -280,10 +280,12 @@ class TensorBoardWriter:
             self._emit(event_pb2.Event(wall_time=time.time(), step=start_step, session_log=log))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
-        from tensorboardX.summary import scalar
-
+        """One event per scalar; a non-finite value is written as it is (TensorBoard shows it),
+        without the warning line per value that tensorboardX's `scalar` would log."""
         for tag, value in scalars.items():
-            summary = scalar(tag, value)
+            summary = summary_pb2.Summary(
+                value=[summary_pb2.Summary.Value(tag=tag, simple_value=float(value))]
+            )
             self._emit(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
     def _emit(self, event) -> None:

@@ -3,7 +3,8 @@
 Exit statuses of `python -m vit_jax.main`:
 
     0   COMPLETED   trained to total_steps and evaluated
-    1   FAULT       an unexpected error (a traceback is printed)
+    1   FAULT       an unexpected error (a traceback is printed): also a ValueError that JAX,
+                    Flax or another library raises while training (`caused_by_user`)
     2   USER_ERROR  the config, data or checkpoint cannot work (one `error: ...` line)
     3   DIVERGED    a loss or gradient norm became non-finite (nonfinite='stop'); the newest
                     checkpoint holds the last finite state
@@ -55,6 +56,30 @@ def user_error(error: Exception) -> int:
     returns USER_ERROR, the exit status of every command for a mistake a user can make."""
     print(f"error: {error}", file=sys.stderr)
     return USER_ERROR
+
+
+def caused_by_user(error: BaseException) -> bool:
+    """Whether `error` is a mistake its message lets a user fix: a FileNotFoundError, or a
+    ValueError raised by vit_jax's own code (its checks of configs, data and checkpoints say
+    what is wrong and how to fix it). A ValueError raised inside JAX, Flax, NumPy or another
+    library while the run trains is a fault of the program, not of the config: it gets a
+    traceback and the FAULT status, which a bug report needs and a scheduler may retry."""
+    if isinstance(error, FileNotFoundError):
+        return True
+    if not isinstance(error, ValueError):
+        return False
+    frame = error.__traceback__
+    if frame is None:  # made, never raised: nothing says where from
+        return True
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    return _in_package(frame.tb_frame.f_code.co_filename)
+
+
+def _in_package(filename: str) -> bool:
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.abspath(filename)
+    return os.path.commonpath([package, path]) == package
 
 
 class DivergedError(RuntimeError):
