@@ -15,6 +15,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The persistent compilation cache, on by default in runs, kept inside this session's temp dir
 # (every run and subprocess of the session shares it; the user's cache is left alone).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="vit_jax_xla_"))
+# Every program, as runs keep them (`use_compilation_cache`): the subprocess runs of the tests
+# then skip the ~100 small compilations a run makes.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402  (after the environment above)
 import jax.numpy as jnp  # noqa: E402

@@ -308,7 +308,6 @@ def test_compilation_cache_is_used_unless_the_environment_chose_one(tmp_path):
     code = (
         "import jax, jax.numpy as jnp\n"
         "from vit_jax.train.parallel import use_compilation_cache\n"
-        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
         f"print(use_compilation_cache({str(tmp_path / 'cache')!r}))\n"
         "jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready()\n"
     )
@@ -319,8 +318,17 @@ def test_compilation_cache_is_used_unless_the_environment_chose_one(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(tmp_path / "cache")
     written = sorted(os.listdir(tmp_path / "cache"))
-    assert written, "nothing was written to the cache"
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "chosen")
+    assert written, "a program compiled in well under a second was not kept"
+    long_ones = {**env, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1000"}  # its decision
+    code_elsewhere = code.replace(str(tmp_path / "cache"), str(tmp_path / "long_ones"))
+    out = subprocess.run(
+        [sys.executable, "-c", code_elsewhere], env=long_ones, capture_output=True, text=True,
+        cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert not os.listdir(tmp_path / "long_ones")
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "chosen")  # the environment's cache,
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # with its own rules
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT
     )
@@ -329,7 +337,7 @@ def test_compilation_cache_is_used_unless_the_environment_chose_one(tmp_path):
     assert sorted(os.listdir(tmp_path / "cache")) == written  # untouched by the second run
     # A place that cannot be a cache folder: one line naming the field and the way out.
     (tmp_path / "a_file").write_text("")
-    del env["JAX_COMPILATION_CACHE_DIR"]
+    del env["JAX_COMPILATION_CACHE_DIR"], env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]
     out = subprocess.run(
         [sys.executable, "-c", code.replace(str(tmp_path / "cache"), str(tmp_path / "a_file"))],
         env=env, capture_output=True, text=True, cwd=ROOT,

@@ -177,7 +177,10 @@ def use_compilation_cache(directory: str) -> str | None:
     already chose one. Returns the directory in use, or None; raises ValueError if it cannot be
     written. Compiled programs are keyed by their HLO, compiler and devices, so a rerun or a
     resume of the same model with the same schedule and batch skips compilation (the
-    schedule's constants are in the HLO)."""
+    schedule's constants are in the HLO). Every program is kept, the many that compile in
+    under a second too (JAX's default keeps only longer ones; a run compiles ~100 small ones,
+    most of them Orbax's slicing of the state at a save): a restart then compiles nothing,
+    unless JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS says otherwise."""
     chosen = os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir
     if chosen:
         return chosen
@@ -190,6 +193,8 @@ def use_compilation_cache(directory: str) -> str | None:
             "name a folder you can write to, or '' to turn the cache off",
         )
     jax.config.update("jax_compilation_cache_dir", directory)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     return directory
 
 
