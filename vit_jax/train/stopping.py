@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import signal
@@ -113,6 +114,40 @@ def writing(path: str, fix: str = RESUME_FIX):
             code,
             f"cannot write {_failed_file(e) or path} ({os.strerror(code)}): {fix}",
         ) from e
+
+
+def report_write_errors_once() -> None:
+    """At the command line, a failed write is one `error: cannot write ...` line
+    (`write_error`), not that line after what Orbax's writer threads print about the same
+    failure: their absl error logs with tracebacks (`ReportedWriteErrors`), and TensorStore's
+    callbacks that arrive after Orbax closed its event loop, which Python reports as
+    unraisable "Event loop is closed" errors. Anything else still prints."""
+    logging.getLogger("absl").addFilter(ReportedWriteErrors())
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        late = isinstance(unraisable.exc_value, RuntimeError) and (
+            str(unraisable.exc_value) == "Event loop is closed"
+        )
+        if not late:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
+class ReportedWriteErrors(logging.Filter):
+    """A filter for absl's logger that drops the error logs, each with its traceback, in which
+    Orbax's writer threads report a failed write (disk full, permission denied): the run
+    reports the same failure itself, once, as WorkdirWriteError (`writing`). Every other
+    record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        while error is not None:
+            if _os_error_code(error) is not None:
+                return False
+            error = error.__cause__ or error.__context__
+        return True
 
 
 def _failed_file(error: Exception) -> str | None:
