@@ -2,16 +2,20 @@
 and one `error: ...` line with the user-error status for every mistake (vit_jax/train/
 command_line.py, through the real CLI where it matters)."""
 
+import concurrent.futures
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests import cli
+from vit_jax.data.transforms import UnreadableImageError
 from vit_jax.options import from_text
 from vit_jax.train import command_line, stopping
 from vit_jax.train.config import base_config, model_config, parse_arg, validate
@@ -287,6 +291,7 @@ def test_every_command_line_mistake_is_one_error_line_with_status_2(tmp_path):
         "--config.batch_size=big": "error: batch_size='big' is not of type int (e.g. 8).",
         f"--config={own}:scan=maybe": "error: config argument scan='maybe' is not of type bool",
         "--config.seed=-1": "error: seed=-1 is out of range: it must be in [0, 2147483647].",
+        "--config.model.variant=None": "error: model.variant must be set: a zoo size and patch",
     }
     runs = {
         flag: subprocess.Popen(
@@ -318,11 +323,11 @@ def test_a_dataset_not_prepared_is_said_once_with_what_to_do(tmp_path):
 
 FAULT_IN_TRAINING = """
 import sys
-import numpy as np
+import jax.numpy as jnp
 from vit_jax.train import command_line, loop
 
-def library_fault(config, workdir):  # NumPy refuses: a bug of ours, not the user's mistake
-    return np.zeros(3).reshape(2)
+def library_fault(config, workdir):  # JAX refuses: a bug of ours, not the user's mistake
+    return jnp.zeros(3).reshape(2)
 
 def our_check(config, workdir):  # one of our checks refuses
     return command_line.load("digits:nope=1")
@@ -350,7 +355,7 @@ def test_a_libraries_value_error_in_training_is_a_fault_with_its_traceback(tmp_p
         for origin in ("library", "ours")
     }
     assert ran["library"].returncode == stopping.FAULT, ran["library"].stderr[-2000:]
-    assert "Traceback" in ran["library"].stderr and "reshape" in ran["library"].stderr
+    assert "Traceback" in ran["library"].stderr and "cannot reshape" in ran["library"].stderr
     assert ran["ours"].returncode == USER_ERROR, ran["ours"].stderr[-2000:]
     assert (
         ran["ours"].stderr == "error: config argument 'nope' is not one this config takes "
@@ -368,9 +373,46 @@ def test_caused_by_user_tells_our_checks_from_library_errors():
 
     assert stopping.caused_by_user(raised(lambda: command_line.load("digits:nope=1")))
     assert stopping.caused_by_user(raised(lambda: open("/nonexistent/file")))
-    assert not stopping.caused_by_user(raised(lambda: np.zeros(3).reshape(2)))
+    assert not stopping.caused_by_user(raised(lambda: jnp.zeros(3).reshape(2)))  # JAX's code
+    assert not stopping.caused_by_user(raised(lambda: jnp.einsum("ij,jk", np.ones(2), 1.0)))
     assert not stopping.caused_by_user(raised(lambda: 1 / 0))
     assert stopping.caused_by_user(ValueError("never raised"))
+    # One of our error types stays ours when another library re-raises it: an unreadable
+    # image crosses from a loader worker (pickled) and is raised again in the loader's code.
+    future = concurrent.futures.Future()
+    bad = UnreadableImageError("train/cat/1.png", OSError("image file is truncated"))
+    future.set_exception(pickle.loads(pickle.dumps(bad)))
+    again = raised(future.result)
+    assert str(again) == str(bad) and again.where == bad.where
+    assert stopping.caused_by_user(again)
+
+
+def test_a_dataset_name_or_split_tfds_cannot_read_is_one_error_line(digits_dir, tmp_path):
+    """tfds refuses these itself, inside its own code: still the user's mistake, one line."""
+    mistakes = {
+        "data.train_split=train[:200%]": "error: data.train_split='train[:200%]' cannot be read",
+        "data.eval_split=test[5:2]": "error: data.eval_split='test[5:2]' cannot be read from",
+        "data.name=sklearn_digits/foo": "error: tfds cannot open data.name='sklearn_digits/foo'",
+    }
+    runs = {
+        field: subprocess.Popen(
+            cli.main_command(
+                ["--config=digits", f"--workdir={tmp_path / 'run'}", f"--config.{field}"]
+                + [f"--config.data.data_dir={digits_dir}"]
+            ),
+            env=cli.env(1),
+            cwd=cli.ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for field in mistakes
+    }
+    for field, proc in runs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == USER_ERROR, (field, err[-2000:])
+        assert err.startswith(mistakes[field]) and err.count("\n") == 1, (field, err[-2000:])
+    assert not (tmp_path / "run").exists()
 
 
 def test_help_prints_the_usage_and_every_flag_and_exits_0(tmp_path):

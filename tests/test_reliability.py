@@ -423,17 +423,31 @@ def test_a_disk_that_fills_during_a_checkpoint_save_is_one_message_and_status_4(
 
 
 def test_only_the_write_failures_the_run_reports_itself_are_dropped_from_the_logs():
+    """Out of space for a file of the workdir: the run's own line says it. Everything else,
+    permission errors and other folders included, is still logged."""
+    import errno
     import logging
 
-    def record(error):
+    def record(error, level=logging.ERROR):
         info = (type(error), error, None) if error else None
-        return logging.LogRecord("absl", logging.ERROR, "f.py", 1, "failed", None, info)
+        return logging.LogRecord("absl", level, "f.py", 1, "failed", None, info)
 
-    full = ValueError("RESOURCE_EXHAUSTED: Failed writing: \"/w/x\" [os_error_code='28']")
+    def tensorstore(path, code):
+        return ValueError(
+            f"RESOURCE_EXHAUSTED: Failed writing: \"{path}\" [os_error_code='{code}']"
+        )
+
+    full = tensorstore("/w/run/checkpoints/5/x", errno.ENOSPC)
     wrapped = RuntimeError("commit failed")
     wrapped.__cause__ = full
-    keep = stopping.ReportedWriteErrors().filter
+    keep = stopping.ReportedWriteErrors("/w/run").filter
     assert not keep(record(full)) and not keep(record(wrapped))
+    quota = OSError(errno.EDQUOT, "Disk quota exceeded", "/w/run/metrics.jsonl")
+    assert not keep(record(quota))
+    assert keep(record(tensorstore("/elsewhere/x", errno.ENOSPC)))  # not the run's file
+    assert keep(record(tensorstore("/w/run/x", errno.EACCES)))  # not for want of space
+    assert keep(record(FileNotFoundError(errno.ENOENT, "No such file", "/w/run/x")))
+    assert keep(record(full, logging.WARNING))
     assert keep(record(ValueError("a shape mismatch"))) and keep(record(None))
 
 

@@ -103,7 +103,7 @@ def train(argv: list[str]) -> None:
 
     if not FLAGS["verbosity"].present:  # Orbax and tfds are chatty at INFO; -v 0 shows it
         logging.set_verbosity(logging.WARNING)
-        stopping.report_write_errors_once()  # not Orbax's tracebacks of it too
+        stopping.report_write_errors_once(FLAGS.workdir or ".")  # not Orbax's tracebacks too
     try:
         config = command_line.load(FLAGS.config, argv[1:])
         if FLAGS.show_config:

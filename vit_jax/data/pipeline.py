@@ -151,6 +151,15 @@ def _tfds_definition(opts: DataOptions) -> tfds.core.DatasetBuilder:
                 f"Unknown tfds dataset {opts.name!r} (data.name). Use a tfds catalog name such "
                 f"as '{digits.NAME}', 'cifar10' or 'imagenet2012', or data.source='folder'."
             ) from error
+        except ValueError as error:  # a config or version tfds cannot parse or find
+            raise ValueError(
+                f"tfds cannot open data.name={opts.name!r}: {_one_line(error)}"
+            ) from error
+
+
+def _one_line(error: Exception) -> str:
+    """tfds's message of `error` on one line (some span several, with blank ones)."""
+    return " ".join(str(error).split())
 
 
 def image_channels(opts: DataOptions) -> int:
@@ -215,13 +224,19 @@ def _tfds_sources(opts: DataOptions) -> tuple[dict[str, Sequence[dict]], Dataset
     for tfds_split in splits.values():
         _check_tfds_split(builder, tfds_split)
     channels = _tfds_channels(builder)
-    try:
-        sources = {
-            split: TfdsSource(opts.name, tfds_split, opts.data_dir, channels)
-            for split, tfds_split in splits.items()
-        }
-    except NotImplementedError as error:  # Prepared, but only in another file format.
-        raise _not_prepared(opts) from error
+    sources = {}
+    for split, tfds_split in splits.items():
+        try:
+            sources[split] = TfdsSource(opts.name, tfds_split, opts.data_dir, channels)
+            len(sources[split])  # a slice past the split's end, or reversed, fails here
+        except NotImplementedError as error:  # Prepared, but only in another file format.
+            raise _not_prepared(opts) from error
+        except ValueError as error:
+            raise ValueError(
+                f"data.{split}_split={tfds_split!r} cannot be read from {opts.name!r}: "
+                f"{_one_line(error)}. Split expressions look like 'train', 'train[:90%]', "
+                "'train[100:200]' or 'train+test'."
+            ) from error
     features = builder.info.features
     metadata = builder.info.metadata or {}
     info = _info(

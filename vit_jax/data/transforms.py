@@ -19,9 +19,13 @@ Box = tuple[int, int, int, int]  # (top, left, height, width)
 class UnreadableImageError(ValueError):
     """An image file or record that Pillow cannot decode; `where` names the file or record."""
 
-    def __init__(self, where: str, cause: BaseException):
-        super().__init__(f"Cannot read image {where}: {type(cause).__name__}: {cause}")
-        self.where = where
+    def __init__(self, where: str, cause: BaseException | str):
+        reason = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"Cannot read image {where}: {reason}")
+        self.where, self.reason = where, reason
+
+    def __reduce__(self):  # from a loader worker process to the run, intact
+        return type(self), (self.where, self.reason)
 
 
 # What Pillow raises on missing, truncated, corrupt or oversized images.

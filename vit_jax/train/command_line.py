@@ -110,6 +110,8 @@ def variant_note(config: ml_collections.ConfigDict, overridden: Sequence[str]) -
     }
     if "variant" not in asked or "model" not in config:
         return None
+    if not isinstance(config.model.variant, str):  # unset: the config's check says so
+        return None
     try:
         zoo.decode_variant(config.model.variant)
     except ValueError:  # an unknown variant: the config's check says so, without this note

@@ -180,7 +180,8 @@ def use_compilation_cache(directory: str) -> str | None:
     schedule's constants are in the HLO). Every program is kept, the many that compile in
     under a second too (JAX's default keeps only longer ones; a run compiles ~100 small ones,
     most of them Orbax's slicing of the state at a save): a restart then compiles nothing,
-    unless JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS says otherwise."""
+    unless JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS says otherwise. A cache the environment
+    or JAX's config chose is used with JAX's own rules."""
     chosen = os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir
     if chosen:
         return chosen

@@ -60,27 +60,33 @@ def user_error(error: Exception) -> int:
 
 
 def caused_by_user(error: BaseException) -> bool:
-    """Whether `error` is a mistake its message lets a user fix: a FileNotFoundError, or a
-    ValueError raised by vit_jax's own code (its checks of configs, data and checkpoints say
-    what is wrong and how to fix it). A ValueError raised inside JAX, Flax, NumPy or another
-    library while the run trains is a fault of the program, not of the config: it gets a
-    traceback and the FAULT status, which a bug report needs and a scheduler may retry."""
+    """Whether `error` is a mistake its message lets a user fix: a FileNotFoundError, one of
+    vit_jax's own ValueError types, or a ValueError raised in vit_jax's code (its checks of
+    configs, data and checkpoints say what is wrong and how to fix it; so do the library
+    errors it wraps, such as tfds's about a dataset name or split). A ValueError raised
+    inside the Python code of JAX, Flax, NumPy or another library while the run trains is a
+    fault of the program, not of the config: it gets a traceback and the FAULT status, which
+    a bug report needs and a scheduler may retry. (A C function's error, such as NumPy's
+    reshape called from vit_jax, counts as raised where it was called.)"""
     if isinstance(error, FileNotFoundError):
         return True
     if not isinstance(error, ValueError):
         return False
+    if type(error).__module__.split(".")[0] == "vit_jax":  # one of our own error types,
+        return True  # wherever re-raised (a loader worker's error crosses into grain's code)
     frame = error.__traceback__
     if frame is None:  # made, never raised: nothing says where from
         return True
     while frame.tb_next is not None:
         frame = frame.tb_next
-    return _in_package(frame.tb_frame.f_code.co_filename)
-
-
-def _in_package(filename: str) -> bool:
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.abspath(filename)
-    return os.path.commonpath([package, path]) == package
+    return _inside(frame.tb_frame.f_code.co_filename, package)
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies under it (both made absolute)."""
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return os.path.commonpath([folder, path]) == folder
 
 
 class DivergedError(RuntimeError):
@@ -116,13 +122,19 @@ def writing(path: str, fix: str = RESUME_FIX):
         ) from e
 
 
-def report_write_errors_once() -> None:
-    """At the command line, a failed write is one `error: cannot write ...` line
-    (`write_error`), not that line after what Orbax's writer threads print about the same
-    failure: their absl error logs with tracebacks (`ReportedWriteErrors`), and TensorStore's
-    callbacks that arrive after Orbax closed its event loop, which Python reports as
-    unraisable "Event loop is closed" errors. Anything else still prints."""
-    logging.getLogger("absl").addFilter(ReportedWriteErrors())
+def report_write_errors_once(workdir: str) -> None:
+    """At the command line, running out of space under `workdir` is one `error: cannot write
+    ...` line (`write_error`), not that line after what Orbax's writer threads print about the
+    same failure: their absl error logs with tracebacks (`ReportedWriteErrors`), and
+    TensorStore's callbacks that arrive after Orbax closed its event loop, which Python
+    reports as unraisable "Event loop is closed" errors. Anything else still prints. Calling
+    it again (another run in the same process) replaces the workdir."""
+    absl_logger = logging.getLogger("absl")
+    for old in [f for f in absl_logger.filters if isinstance(f, ReportedWriteErrors)]:
+        absl_logger.removeFilter(old)
+    absl_logger.addFilter(ReportedWriteErrors(workdir))
+    if getattr(sys.unraisablehook, "drops_late_writer_callbacks", False):
+        return
     previous = sys.unraisablehook
 
     def hook(unraisable) -> None:
@@ -132,19 +144,33 @@ def report_write_errors_once() -> None:
         if not late:
             previous(unraisable)
 
+    hook.drops_late_writer_callbacks = True
     sys.unraisablehook = hook
 
 
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 class ReportedWriteErrors(logging.Filter):
-    """A filter for absl's logger that drops the error logs, each with its traceback, in which
-    Orbax's writer threads report a failed write (disk full, permission denied): the run
-    reports the same failure itself, once, as WorkdirWriteError (`writing`). Every other
-    record passes."""
+    """A filter for absl's logger that drops the error records, each with its traceback, in
+    which Orbax's writer threads report that a file under `workdir` could not be written for
+    want of space (disk full, quota, file too large): the run reports the same failure
+    itself, once, as WorkdirWriteError (`writing`). Every other record passes: warnings,
+    errors without a traceback, permission errors, files elsewhere."""
+
+    def __init__(self, workdir: str):
+        super().__init__()
+        self.workdir = os.path.abspath(os.path.expanduser(workdir))
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        while error is not None:
-            if _os_error_code(error) is not None:
+        if record.levelno < logging.ERROR:
+            return True
+        for _ in range(16):  # the error and the ones it was raised from
+            if error is None:
+                return True
+            file = _failed_file(error)
+            if _os_error_code(error) in OUT_OF_SPACE and file and _inside(file, self.workdir):
                 return False
             error = error.__cause__ or error.__context__
         return True
