@@ -99,6 +99,15 @@ def test_a_file_that_is_no_config_is_refused(tmp_path):
         command_line.load(str(tmp_path / "empty.py"))
     with pytest.raises(ValueError, match="README.md is not a .py file with a get_config"):
         command_line.load(os.path.join(cli.ROOT, "README.md"))
+    (tmp_path / "typo.py").write_text("def get_config(:\n    return {}\n")
+    with pytest.raises(ValueError) as refused:  # one line saying where, not a traceback
+        command_line.load(str(tmp_path / "typo.py"))
+    assert str(refused.value) == (
+        f"config file {tmp_path / 'typo.py'}, line 1: invalid syntax: def get_config(:"
+    )
+    (tmp_path / "raises.py").write_text("def get_config():\n    return undefined_name\n")
+    with pytest.raises(NameError):  # the user's own code failing: its traceback helps
+        command_line.load(str(tmp_path / "raises.py"))
 
 
 def test_a_get_config_without_argument_or_returning_a_dict_is_read(tmp_path):

@@ -317,11 +317,13 @@ def test_unreadable_image_skip_drops_and_counts(folder_with_bad_image, caplog):
     assert all(b["image"].shape == (4, 4, 4, 3) for b in take(it, 6))  # Full batches.
 
 
-def test_unreadable_image_stop_names_the_file(folder_with_bad_image):
+def test_unreadable_image_stop_names_the_file_and_the_fix(folder_with_bad_image):
     dataset = open_folder(folder_with_bad_image, eval_fraction=0.0, bad_image="stop")
     it = iter(data.train_loader(dataset, image_size=(4, 4), global_batch_size=3, seed=0))
-    with pytest.raises(data.UnreadableImageError, match="broken.jpg"):
+    with pytest.raises(data.UnreadableImageError, match="broken.jpg") as stopped:
         take(it, 3)  # One epoch of 9 examples.
+    assert str(stopped.value).startswith("cannot read image ")
+    assert "replace or delete it, or set --config.data.bad_image=skip" in str(stopped.value)
 
 
 def test_folder_errors(tmp_path):

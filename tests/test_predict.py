@@ -124,7 +124,7 @@ def test_unreadable_images_and_missing_checkpoints_are_one_error_line(run, image
     )
     # The images are read first: the bad one is named although the checkpoint is missing too.
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.startswith(f"error: Cannot read image {tmp_path / 'bad.png'}")
+    assert result.stderr.startswith(f"error: cannot read image {tmp_path / 'bad.png'}")
     assert len(result.stderr.strip().splitlines()) == 1
 
 

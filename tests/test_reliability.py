@@ -78,6 +78,46 @@ def test_ctrl_c_stops_a_run_as_sigterm_does_with_one_process_or_several(processe
         signal.signal(signal.SIGTERM, previous)
 
 
+SIGNAL_WHILE_LOADING = """
+import os, signal, time
+from vit_jax.train.command_line import load
+
+def get_config():
+    os.kill(os.getpid(), signal.{name})  # while the config loads, before any run handler
+    time.sleep(5)
+    return load("digits")
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_before_training_begins_is_one_line_and_status_75(tmp_path, name):
+    """Python's default would be a KeyboardInterrupt traceback, or none when JAX's gc callback
+    swallows it and the run trains to the end; SIGTERM's a silent death."""
+    import subprocess
+
+    from vit_jax import main
+
+    assert main.PREEMPTED == stopping.PREEMPTED
+    config = tmp_path / "signals.py"
+    config.write_text(SIGNAL_WHILE_LOADING.replace("{name}", name))
+    workdir = tmp_path / "run"
+    began = time.monotonic()
+    out = subprocess.run(
+        cli.main_command([f"--config={config}", f"--workdir={workdir}"]),
+        env=cli.env(1),
+        cwd=cli.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == stopping.PREEMPTED, out.stderr[-2000:]
+    assert out.stderr == (
+        f"stopped by {name} before training began: nothing was written; rerun the same "
+        "command to start.\n"
+    )
+    assert time.monotonic() - began < 5 and not workdir.exists()  # at once, not after the sleep
+
+
 def test_a_torn_last_line_of_metrics_is_dropped_on_resume(tmp_path):
     path = tmp_path / "metrics.jsonl"
     good = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.0}]

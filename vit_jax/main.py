@@ -18,7 +18,10 @@ Several hosts: run the same command on every host with --coordinator=HOST:PORT
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 
 from absl import app, flags
 
@@ -63,10 +66,39 @@ flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
 
+PREEMPTED = 75  # vit_jax/train/stopping.py's status for a stop signal (not imported: heavy)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`vit-train`: reads the command line (`argv`, default sys.argv), trains, and exits with
-    the run's status."""
-    app.run(train, argv=argv, flags_parser=parse_flags)
+    the run's status. A stop signal before the run's own handlers are in (imports, config,
+    joining the processes) ends it at once with one line and status 75 (`stop_before_start`)."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, stop_before_start) for sig in STOP_SIGNALS}
+    try:
+        app.run(train, argv=argv, flags_parser=parse_flags)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def stop_before_start(signum, frame) -> None:
+    """SIGINT or SIGTERM before training began: nothing has been written yet, so the process
+    ends at once, with one line and the preempted status, which tells a scheduler to rerun
+    it. (Python's default would be a KeyboardInterrupt traceback, or none at all when JAX's
+    garbage-collection callback swallows it and the run trains on; SIGTERM a silent 143.)"""
+    name = signal.Signals(signum).name
+    print(
+        f"stopped by {name} before training began: nothing was written; rerun the same "
+        "command to start.",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(PREEMPTED)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from vit_jax.data.options import DataOptions
-from vit_jax.data.transforms import UnreadableImageError, decode_image
+from vit_jax.data.transforms import DATASET_IMAGE_FIX, UnreadableImageError, decode_image
 from vit_jax.options import options_of
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -137,7 +137,8 @@ class ImageFolderSource:
 
     def __getitem__(self, i: int) -> dict:
         path = self.index.paths[i]
-        return {"image": decode_image(path, rgb=True, where=path), "label": self.index.labels[i]}
+        image = decode_image(path, rgb=True, where=path, fix=DATASET_IMAGE_FIX)
+        return {"image": image, "label": self.index.labels[i]}
 
     def __repr__(self) -> str:
         return f"ImageFolderSource({len(self)} images, {len(self.index.classes)} classes)"

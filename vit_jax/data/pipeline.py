@@ -39,6 +39,7 @@ from vit_jax.data.folder import (
 )
 from vit_jax.data.options import DataOptions
 from vit_jax.data.transforms import (
+    DATASET_IMAGE_FIX,
     Box,
     center_crop_box,
     crop_and_resize,
@@ -105,7 +106,8 @@ class TfdsSource:
         record = self._records[i]
         image = record["image"]
         if isinstance(image, bytes):
-            image = decode_image(image, rgb=self.channels != 1, where=f"{self.where} record {i}")
+            where = f"{self.where} record {i}"
+            image = decode_image(image, rgb=self.channels != 1, where=where, fix=DATASET_IMAGE_FIX)
         image = np.asarray(image, np.uint8)
         image = image[..., None] if image.ndim == 2 else image
         example = {"image": image, "label": record["label"]}

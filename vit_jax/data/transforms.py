@@ -19,13 +19,20 @@ Box = tuple[int, int, int, int]  # (top, left, height, width)
 class UnreadableImageError(ValueError):
     """An image file or record that Pillow cannot decode; `where` names the file or record."""
 
-    def __init__(self, where: str, cause: BaseException | str):
+    def __init__(self, where: str, cause: BaseException | str, fix: str = ""):
         reason = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
-        super().__init__(f"Cannot read image {where}: {reason}")
-        self.where, self.reason = where, reason
+        super().__init__(f"cannot read image {where}: {reason}" + (f"; {fix}" if fix else ""))
+        self.where, self.reason, self.fix = where, reason, fix
 
     def __reduce__(self):  # from a loader worker process to the run, intact
-        return type(self), (self.where, self.reason)
+        return type(self), (self.where, self.reason, self.fix)
+
+
+# What to do about an unreadable image of a dataset being trained on or evaluated.
+DATASET_IMAGE_FIX = (
+    "replace or delete it, or set --config.data.bad_image=skip to train and evaluate without "
+    "the images that cannot be read"
+)
 
 
 # What Pillow raises on missing, truncated, corrupt or oversized images.
@@ -37,12 +44,14 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError
 WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def decode_image(data: bytes | str | os.PathLike, *, rgb: bool, where: str) -> np.ndarray:
+def decode_image(
+    data: bytes | str | os.PathLike, *, rgb: bool, where: str, fix: str = ""
+) -> np.ndarray:
     """Decodes encoded bytes or a file path to uint8 `[h, w, c]`.
 
     With `rgb` every image becomes 3 channels; otherwise grayscale stays `[h, w, 1]` and all other
     modes become RGB. 16-bit grayscale is scaled to 8 bits (value / 257). Raises
-    `UnreadableImageError` naming `where` if Pillow cannot decode it.
+    `UnreadableImageError` naming `where` (and saying `fix`) if Pillow cannot decode it.
     """
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
@@ -56,7 +65,7 @@ def decode_image(data: bytes | str | os.PathLike, *, rgb: bool, where: str) -> n
                 keep_gray = not rgb and image.mode in ("L", "1")
                 array = np.asarray(image.convert("L" if keep_gray else "RGB"))
     except _DECODE_ERRORS as error:
-        raise UnreadableImageError(where, error) from error
+        raise UnreadableImageError(where, error, fix) from error
     return array[..., None] if array.ndim == 2 else array
 
 

@@ -399,7 +399,12 @@ def config_from_file(path: str, arg: str | None = None) -> ml_collections.Config
         raise ValueError(f"config file {path} is not a .py file with a get_config(arg=None).")
     spec = importlib.util.spec_from_file_location(f"vit_jax_config_{name}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:  # not Python yet: where, in one line (other errors: a traceback)
+        where = f"{e.filename or path}, line {e.lineno}" if e.lineno else (e.filename or path)
+        text = f": {e.text.strip()}" if e.text and e.text.strip() else ""
+        raise ValueError(f"config file {where}: {e.msg}{text}") from None
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
         raise ValueError(f"config file {path} has no get_config(arg=None) function.")
