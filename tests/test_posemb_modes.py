@@ -221,8 +221,10 @@ def test_a_parameter_free_position_embedding_swapped_on_restore_is_noted(tmp_pat
     )  # fmt: skip
     swapped = tiny((8, 12), "rope_axial+learned")
     assert not checkpoint.restore_into(joined, swapped, jax.random.key(0), verbose=False)[1].notes
-    with pytest.raises(checkpoint.CheckpointMismatchError, match="pos_embedding"):
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="pos_embedding") as refused:
         checkpoint.restore_into(path, tiny((8, 12), "learned"), jax.random.key(0))
+    # The fix names the field that differs (the sizes agree), from the checkpoint's config.
+    assert "; build the model with posemb='rope_axial', or restore" in str(refused.value)
 
 
 def test_a_fine_tuning_run_remembers_the_original_grid(tmp_path):

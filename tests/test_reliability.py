@@ -281,9 +281,10 @@ def test_when_no_checkpoint_can_be_read_the_run_stops_instead_of_starting_afresh
     workdir = tmp_path / "run"
     train_and_evaluate(config, str(workdir))
     _damage(workdir / "checkpoints" / "2", "no manifest")
-    with pytest.raises(UnreadableCheckpointError, match="checkpoint 2 .* cannot be read"):
+    with pytest.raises(UnreadableCheckpointError, match="checkpoint 2 .* cannot be read") as e:
         train_and_evaluate(config, str(workdir))
     assert os.path.isdir(workdir / "checkpoints" / "2")  # left in place, not deleted
+    assert "damaged checkpoints are in" not in str(e.value)  # no such folder to point at
 
 
 def test_a_full_disk_under_metrics_stops_the_run_with_one_message_naming_the_file(

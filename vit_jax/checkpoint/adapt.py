@@ -44,7 +44,14 @@ from vit_jax.checkpoint.report import (
     Shape,
 )
 from vit_jax.models import VisionTransformer, patch_embed, paths, resize
-from vit_jax.models.posemb import Layout, ParamRule, learned, param_rule, split_posemb
+from vit_jax.models.posemb import (
+    POSEMBS,
+    Layout,
+    ParamRule,
+    learned,
+    param_rule,
+    split_posemb,
+)
 from vit_jax.models.scan import scan_params, unscan_params
 
 # Parameters that may be absent on either side: a new task or pooling, not another architecture.
@@ -90,11 +97,30 @@ class _Context:
         )
 
     def mismatch(self, why: str) -> CheckpointMismatchError:
+        differ = self.differences()
+        fix = (
+            f"build the model with {', '.join(differ)}"
+            if differ
+            else "build the model with those sizes"
+        )
         return CheckpointMismatchError(
             f"{self.source} does not fit the model: {why}. The checkpoint is "
-            f"{self.arch.summary()} (see `python -m vit_jax.tools.inspect {self.source}`); build "
-            "the model with those sizes, or restore a checkpoint of this architecture."
+            f"{self.arch.summary()} (see `python -m vit_jax.tools.inspect {self.source}`); "
+            f"{fix}, or restore a checkpoint of this architecture."
         )
+
+    def differences(self) -> list[str]:
+        """FIELD=VALUE of the checkpoint for each model field it holds another value of: the
+        sizes, the classifier, and the position embedding where the checkpoint's config names
+        it (what parameters alone show, such as '+relative', is not a model value)."""
+        fields = ["hidden_size", "num_layers", "num_heads", "mlp_dim", "classifier"]
+        if all(part in POSEMBS for part in self.arch.posemb.split("+")):
+            fields.append("posemb")
+        return [
+            f"{name}={getattr(self.arch, name)!r}"
+            for name in fields
+            if getattr(self.arch, name) != getattr(self.model, name)
+        ]
 
     def check(self, key: str, free_axis: int | None = None, free_axes: int = 0) -> Shape:
         """The stored shape of `key`, which must exist and agree with the model's on every axis

@@ -85,11 +85,12 @@ def _restore_readable(manager: ocp.CheckpointManager, abstract_state, report):
         except Exception as e:  # Orbax and TensorStore raise many types for damaged files
             reason = failure_reason(e)  # raised below, unchained (see failed_reads_unreported)
         if len(manager.all_steps()) == 1:
+            damaged = manager.directory.parent / DAMAGED
+            older = f" (older damaged checkpoints are in {damaged})" if damaged.is_dir() else ""
             raise UnreadableCheckpointError(
                 f"checkpoint {step} in {manager.directory} cannot be read ({reason}), and no "
                 "earlier one is left. Restore it from a copy, or start afresh in a new "
-                "--workdir (older damaged checkpoints are in "
-                f"{manager.directory.parent / DAMAGED})."
+                f"--workdir{older}."
             )
         moved = _move_aside(manager, step)
         report(
