@@ -18,6 +18,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
+from PIL import Image
 
 from tests.conftest import SMALL, random_params
 from vit_jax import checkpoint, models
@@ -519,6 +520,11 @@ def test_missing_truncated_pickled_and_foreign_files_each_get_one_clear_error(tm
     (tmp_path / "truncated.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(checkpoint.UnreadableCheckpointError, match="truncated"):
         checkpoint.load_params(tmp_path / "truncated.npz")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "digit.png")  # not truncated
+    with pytest.raises(checkpoint.UnreadableCheckpointError) as refused:
+        checkpoint.load_params(tmp_path / "digit.png")
+    assert "in another format (it begins b'\\x89PNG" in str(refused.value)
+    assert "probably truncated" not in str(refused.value)
     np.savez(tmp_path / "objects.npz", **{"embedding/kernel": np.array([{"a": 1}], dtype=object)})
     with pytest.raises(checkpoint.UnreadableCheckpointError, match="Python objects"):
         checkpoint.load_params(tmp_path / "objects.npz")

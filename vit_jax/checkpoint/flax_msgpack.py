@@ -20,6 +20,24 @@ from vit_jax.checkpoint.errors import UnreadableCheckpointError
 from vit_jax.checkpoint.npz import map_keys
 from vit_jax.models import paths
 
+# The first byte of a msgpack map (a Flax checkpoint is one): fixmap, map 16, map 32.
+MSGPACK_MAP_STARTS = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
+
+
+def _why_unreadable(data: bytes, error: Exception) -> str:
+    """Why a file that opens neither as .npz nor as msgpack does not: cut short (a zip's
+    start, or a msgpack map that runs out of input), or another format altogether (a PNG's
+    first byte is a msgpack map's too, but it does not run out: it decodes to junk)."""
+    cut = "probably truncated (an interrupted download or save); download or save it again."
+    if data.startswith(b"PK\x03\x04"):
+        return f"it starts as a zip file but does not end as one: {cut}"
+    if data[:1] and data[0] in MSGPACK_MAP_STARTS and "incomplete input" in str(error):
+        return f"it starts as msgpack but ends too soon: {cut}"
+    return (
+        f"it is in another format (it begins {data[:8]!r}). Pass an .npz or Flax msgpack "
+        "checkpoint, a workdir, its checkpoints folder or one of its step folders."
+    )
+
 
 def load_msgpack(path: str | os.PathLike) -> tuple[dict, dict]:
     """Parameters (nested numpy arrays, this package's names, as stored) and layout metadata
@@ -33,9 +51,8 @@ def load_msgpack(path: str | os.PathLike) -> tuple[dict, dict]:
         tree = serialization.msgpack_restore(data)
     except Exception as e:  # msgpack raises many types (ValueError, ExtraData, TypeError, ...)
         raise UnreadableCheckpointError(
-            f"{path} is neither an .npz (zip) file nor a readable Flax msgpack checkpoint "
-            f"({type(e).__name__}: {e}); it is probably truncated (an interrupted download or "
-            "save) or in another format. Download or save it again."
+            f"{path} is neither an .npz (zip) file nor a readable Flax msgpack checkpoint: "
+            f"{_why_unreadable(data, e)}"
         ) from e
     if not isinstance(tree, dict):
         raise UnreadableCheckpointError(
