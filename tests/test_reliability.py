@@ -84,7 +84,7 @@ from vit_jax.train.command_line import load
 
 def get_config():
     os.kill(os.getpid(), signal.{name})  # while the config loads, before any run handler
-    time.sleep(5)
+    time.sleep(600)  # not reached: the run ends at once (else the test times out)
     return load("digits")
 """
 
@@ -101,21 +101,20 @@ def test_a_stop_signal_before_training_begins_is_one_line_and_status_75(tmp_path
     config = tmp_path / "signals.py"
     config.write_text(SIGNAL_WHILE_LOADING.replace("{name}", name))
     workdir = tmp_path / "run"
-    began = time.monotonic()
     out = subprocess.run(
         cli.main_command([f"--config={config}", f"--workdir={workdir}"]),
         env=cli.env(1),
         cwd=cli.ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
     assert out.returncode == stopping.PREEMPTED, out.stderr[-2000:]
     assert out.stderr == (
         f"stopped by {name} before training began: nothing was written; rerun the same "
         "command to start.\n"
     )
-    assert time.monotonic() - began < 5 and not workdir.exists()  # at once, not after the sleep
+    assert not workdir.exists()
 
 
 def test_a_torn_last_line_of_metrics_is_dropped_on_resume(tmp_path):
@@ -457,7 +456,9 @@ def test_a_disk_that_fills_during_a_checkpoint_save_is_one_message_and_status_4(
     began = time.monotonic()
     result = cli.run(flags, timeout=120)
     assert result.returncode == stopping.IO_ERROR == 4, result.stderr[-2000:]
-    (line,) = result.stderr.splitlines()  # not Orbax's and TensorStore's tracebacks too
+    lines = result.stderr.splitlines()  # not Orbax's and TensorStore's tracebacks too
+    assert len(lines) == 1, result.stderr[-3000:]
+    (line,) = lines
     assert line.startswith("error: cannot write ") and "(No space left on device)" in line
     assert time.monotonic() - began < 60
     assert os.path.isdir(small_disk / "run" / "checkpoints" / "5")  # earlier ones intact
@@ -485,6 +486,7 @@ def test_only_the_write_failures_the_run_reports_itself_are_dropped_from_the_log
     assert not keep(record(full)) and not keep(record(wrapped))
     quota = OSError(errno.EDQUOT, "Disk quota exceeded", "/w/run/metrics.jsonl")
     assert not keep(record(quota))
+    assert not keep(record(OSError(errno.ENOSPC, "No space left on device")))  # a write's own
     assert keep(record(tensorstore("/elsewhere/x", errno.ENOSPC)))  # not the run's file
     assert keep(record(tensorstore("/w/run/x", errno.EACCES)))  # not for want of space
     assert keep(record(FileNotFoundError(errno.ENOENT, "No such file", "/w/run/x")))

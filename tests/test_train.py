@@ -422,6 +422,13 @@ def test_init_from_loads_a_run_into_a_new_run_at_the_same_or_a_new_resolution(
     with pytest.raises(FileNotFoundError):
         train_and_evaluate(failing, str(tmp_path / "failed"))
     assert not (tmp_path / "failed").exists()
+    with pytest.raises(FileNotFoundError):  # nor the parent folders it made for it
+        train_and_evaluate(failing, str(tmp_path / "new" / "parent" / "failed"))
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "shared" / "sibling").mkdir(parents=True)  # another run's: kept, with its parent
+    with pytest.raises(FileNotFoundError):
+        train_and_evaluate(failing, str(tmp_path / "shared" / "failed"))
+    assert [p.name for p in (tmp_path / "shared").iterdir()] == ["sibling"]
 
 
 def test_removing_an_empty_workdir_never_removes_a_file(tmp_path):

@@ -53,6 +53,7 @@ from vit_jax.data.digits import NAME as DIGITS
 from vit_jax.tools import ArgumentParser
 from vit_jax.train import command_line, parallel
 from vit_jax.train.config import validate, with_dataset
+from vit_jax.train.folders import first_missing
 from vit_jax.train.loop import evaluate, removing_if_empty_on_error, train_and_evaluate
 from vit_jax.train.step import make_eval_step
 from vit_jax.train.stopping import caused_by_user, user_error
@@ -558,8 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.abspath(args.out)
     try:
         with contextlib.ExitStack() as cleanup:
-            if not os.path.exists(out):  # a study that fails leaves no empty --out behind
-                cleanup.push(removing_if_empty_on_error(out))
+            if created := first_missing(out):  # a study that fails leaves no empty --out
+                cleanup.push(removing_if_empty_on_error(out, created))
             check_args(args)
             os.makedirs(out, exist_ok=True)
             budget = budget_of(args)

@@ -49,6 +49,15 @@ def check_creatable(path: str) -> None:
         ) from None
 
 
+def first_missing(path: str) -> str | None:
+    """The outermost folder of `path` ("~" expanded) that does not exist yet, the one a run
+    creating `path` would create first; None if `path` exists."""
+    path, missing = os.path.abspath(os.path.expanduser(path)), None
+    while not os.path.exists(path) and path != os.path.dirname(path):
+        path, missing = os.path.dirname(path), path
+    return missing
+
+
 def held_message(folder: str) -> str:
     return (
         f"another run is training in {folder}: wait for it to end, or give this run another "

@@ -280,8 +280,8 @@ def train_and_evaluate(config, workdir: str, dataset: data.Dataset | None = None
     {"step", "preempted": True} if the run stopped for a preemption.
     """
     with contextlib.ExitStack() as cleanup:
-        if not os.path.exists(os.path.expanduser(workdir)):  # a failed start leaves none behind
-            cleanup.push(removing_if_empty_on_error(workdir))
+        if created := folders.first_missing(workdir):  # a failed start leaves none behind,
+            cleanup.push(removing_if_empty_on_error(workdir, created))  # nor parents it made
         # First in, last out: a stop signal during set-up, compilation or the final save
         # is a request the loop (or completion) answers, never an abrupt death.
         signals = cleanup.enter_context(StopSignals())
@@ -314,12 +314,19 @@ def remove_if_empty(directory: str) -> None:
             os.rmdir(folder)
 
 
-def removing_if_empty_on_error(directory: str) -> Callable:
-    """An ExitStack exit callback: `remove_if_empty(directory)` when leaving with an error."""
+def removing_if_empty_on_error(directory: str, created: str | None = None) -> Callable:
+    """An ExitStack exit callback: when leaving with an error, `remove_if_empty(directory)`,
+    then each of its parents up to `created` (the outermost one the caller made) that is
+    empty (`os.rmdir`: a sibling's folder keeps its parent)."""
 
     def on_exit(exc_type, exc, traceback) -> bool:
         if exc_type is not None:
             remove_if_empty(directory)
+            folder, top = os.path.abspath(os.path.expanduser(directory)), created
+            while top and folder != os.path.abspath(top) and not os.path.exists(folder):
+                folder = os.path.dirname(folder)
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
         return False  # the error goes on
 
     return on_exit

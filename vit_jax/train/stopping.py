@@ -153,10 +153,11 @@ OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 class ReportedWriteErrors(logging.Filter):
     """A filter for absl's logger that drops the error records, each with its traceback, in
-    which Orbax's writer threads report that a file under `workdir` could not be written for
-    want of space (disk full, quota, file too large): the run reports the same failure
-    itself, once, as WorkdirWriteError (`writing`). Every other record passes: warnings,
-    errors without a traceback, permission errors, files elsewhere."""
+    which Orbax's writer threads report that a file under `workdir` (or one they do not name)
+    could not be written for want of space (disk full, quota, file too large): the run
+    reports the same failure itself, once, as WorkdirWriteError (`writing`). Every other
+    record passes: warnings, errors without a traceback, permission errors, files named
+    elsewhere."""
 
     def __init__(self, workdir: str):
         super().__init__()
@@ -169,8 +170,10 @@ class ReportedWriteErrors(logging.Filter):
         for _ in range(16):  # the error and the ones it was raised from
             if error is None:
                 return True
-            file = _failed_file(error)
-            if _os_error_code(error) in OUT_OF_SPACE and file and _inside(file, self.workdir):
+            file = _failed_file(error)  # a write's own error often names none
+            if _os_error_code(error) in OUT_OF_SPACE and (
+                file is None or _inside(file, self.workdir)
+            ):
                 return False
             error = error.__cause__ or error.__context__
         return True
