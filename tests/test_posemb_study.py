@@ -171,6 +171,19 @@ def test_unknown_names_fail_before_any_run(tmp_path, capsys):
     assert not fresh.exists()
 
 
+def test_a_full_disk_during_the_study_is_one_line_and_status_4(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from vit_jax.train.stopping import IO_ERROR, WorkdirWriteError
+
+    def full(self):  # what a run's save raises when the disk under --out fills
+        raise WorkdirWriteError(errno.ENOSPC, "cannot write /out/runs/x (No space left): free")
+
+    monkeypatch.setattr(posemb_study.Study, "run", full)
+    assert posemb_study.main(["--out", str(tmp_path / "out")]) == IO_ERROR
+    assert capsys.readouterr().err == "error: cannot write /out/runs/x (No space left): free\n"
+
+
 def test_other_data_runs_the_resolution_and_data_size_tasks(tmp_path):
     """--dataset / --train-dir move the resolution and data-size tasks to that data (32 px by
     default, sizes scaled from it); the canvas tasks stay on the digits; every run's config is

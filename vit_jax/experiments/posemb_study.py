@@ -56,7 +56,7 @@ from vit_jax.train.config import validate, with_dataset
 from vit_jax.train.folders import first_missing
 from vit_jax.train.loop import evaluate, removing_if_empty_on_error, train_and_evaluate
 from vit_jax.train.step import make_eval_step
-from vit_jax.train.stopping import caused_by_user, user_error
+from vit_jax.train.stopping import WorkdirWriteError, caused_by_user, user_error, write_error
 
 # Variant label -> model fields. Labels name what the tables and plots show.
 VARIANTS: dict[str, dict] = {
@@ -567,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.report_only:
                 Study(plan(args), budget, out, args.data_dir).run()
             written = posemb_report.write(out, quick=args.quick)
+    except WorkdirWriteError as error:  # a full disk under --out: one line, status 4
+        return write_error(error)
     except (ValueError, FileNotFoundError) as error:
         if not caused_by_user(error):
             raise  # a fault inside a library: its traceback
