@@ -95,9 +95,6 @@ def test_a_stop_signal_before_training_begins_is_one_line_and_status_75(tmp_path
     swallows it and the run trains to the end; SIGTERM's a silent death."""
     import subprocess
 
-    from vit_jax import main
-
-    assert main.PREEMPTED == stopping.PREEMPTED
     config = tmp_path / "signals.py"
     config.write_text(SIGNAL_WHILE_LOADING.replace("{name}", name))
     workdir = tmp_path / "run"

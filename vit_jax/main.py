@@ -26,6 +26,7 @@ import threading
 from absl import app, flags
 
 from vit_jax.train.host_memory import POLICIES as HOST_MEMORY_POLICIES
+from vit_jax.train.statuses import PREEMPTED, SIGNALS
 
 flags.DEFINE_string(
     "config",
@@ -66,24 +67,18 @@ flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
 
-PREEMPTED = 75  # vit_jax/train/stopping.py's status for a stop signal (not imported: heavy)
-
-
 def main(argv: list[str] | None = None) -> None:
     """`vit-train`: reads the command line (`argv`, default sys.argv), trains, and exits with
     the run's status. A stop signal before the run's own handlers are in (imports, config,
     joining the processes) ends it at once with one line and status 75 (`stop_before_start`)."""
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, stop_before_start) for sig in STOP_SIGNALS}
+        previous = {sig: signal.signal(sig, stop_before_start) for sig in SIGNALS}
     try:
         app.run(train, argv=argv, flags_parser=parse_flags)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def stop_before_start(signum, frame) -> None:

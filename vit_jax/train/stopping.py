@@ -33,8 +33,15 @@ import threading
 import jax
 import jax.numpy as jnp
 
-COMPLETED, FAULT, USER_ERROR, DIVERGED, IO_ERROR, PREEMPTED = 0, 1, 2, 3, 4, 75
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+from vit_jax.train.statuses import (  # noqa: F401 (the statuses, read from here too)
+    COMPLETED,
+    DIVERGED,
+    FAULT,
+    IO_ERROR,
+    PREEMPTED,
+    SIGNALS,
+    USER_ERROR,
+)
 
 
 def write_error(error: WorkdirWriteError) -> int:
